@@ -1,0 +1,125 @@
+//! Command-line flags: clap types only, no I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Keeps CI/CD build caches in sync between machines.
+#[derive(Debug, Parser)]
+#[command(name = "cachesync", version, about)]
+pub struct Cli {
+    /// A TOML configuration file (settings: file, then CACHESYNC_* environment, then flags).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. info, debug, cachesync=debug.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a store over gRPC until SIGTERM or SIGINT.
+    Mirror(MirrorArgs),
+    /// Send a directory to a mirror as a new snapshot of a key.
+    Push(PushArgs),
+    /// Restore the newest snapshot of a key into a directory.
+    Pull(PullArgs),
+    /// List a mirror's keys with their newest snapshots.
+    Status(StatusArgs),
+    /// Hash a directory and print its manifest summary (no network).
+    Scan(ScanArgs),
+}
+
+/// `cachesync mirror`.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Address to listen on (default 127.0.0.1:7415).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Store directory (default ~/.local/share/cachesync/store).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<String>,
+}
+
+/// Flags of commands that talk to a mirror.
+#[derive(Debug, Args)]
+pub struct MirrorUrl {
+    /// The mirror, e.g. http://127.0.0.1:7415.
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+}
+
+/// `cachesync push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub url: MirrorUrl,
+    /// The key to commit under, e.g. gomod/linux-amd64/main.
+    #[arg(long)]
+    pub key: String,
+    /// What the directory is: generic, go-mod, go-build.
+    #[arg(long, default_value = "generic")]
+    pub profile: String,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+    /// The directory to push.
+    pub dir: PathBuf,
+}
+
+/// `cachesync pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub url: MirrorUrl,
+    /// The key to restore.
+    #[arg(long)]
+    pub key: String,
+    /// Key prefixes to fall back to, in order, newest snapshot first.
+    #[arg(long = "restore-key", value_name = "PREFIX")]
+    pub restore_keys: Vec<String>,
+    /// Remove local files the snapshot does not have.
+    #[arg(long)]
+    pub delete: bool,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+    /// The directory to restore into (created if missing).
+    pub dir: PathBuf,
+}
+
+/// `cachesync status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub url: MirrorUrl,
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cachesync scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// What the directory is: generic, go-mod, go-build.
+    #[arg(long, default_value = "generic")]
+    pub profile: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The directory to scan.
+    pub dir: PathBuf,
+}

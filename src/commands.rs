@@ -1,0 +1,155 @@
+//! One short adapter per subcommand: settings in, library call, output out.
+//! The only place (with `main.rs`) where `anyhow` is used.
+
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::cli::{Command, PullArgs, PushArgs, ScanArgs, StatusArgs};
+use crate::config::Settings;
+use crate::hash::cache::HashCache;
+use crate::mirror::Mirror;
+use crate::profile::Profile;
+use crate::rpc::client::Client;
+use crate::sync::{self, PullRequest, PushRequest, Report, SyncOptions};
+
+/// Runs one command with its settings.
+///
+/// # Errors
+///
+/// Whatever the command hit, as one chain of context.
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Mirror(_) => mirror(settings).await,
+        Command::Push(args) => push(args, settings).await,
+        Command::Pull(args) => pull(args, settings).await,
+        Command::Status(args) => status(args, settings).await,
+        Command::Scan(args) => scan(args),
+    }
+}
+
+fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
+    SyncOptions {
+        delta_min_size: settings.transfer.delta_min_size,
+        compression_level: settings.transfer.compression_level,
+        fsync: settings.transfer.fsync,
+        state_dir: settings.state_dir.clone(),
+        progress: !json,
+        connect_timeout: settings.connect_timeout(),
+    }
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<Client> {
+    Ok(Client::connect(&settings.client.mirror, settings.connect_timeout()).await?)
+}
+
+async fn mirror(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signals().context("installing signal handlers")?;
+    let mirror = Mirror::bind(&settings.mirror, &settings.transfer).await?;
+    mirror.run(shutdown).await?;
+    Ok(())
+}
+
+async fn push(args: PushArgs, settings: Settings) -> anyhow::Result<()> {
+    let profile: Profile = args.profile.parse()?;
+    let mut client = connect(&settings).await?;
+    let req = PushRequest { root: args.dir.clone(), key: args.key, profile };
+    let report = sync::push(&mut client, &req, &sync_options(&settings, args.json))
+        .await
+        .with_context(|| format!("push of {}", args.dir.display()))?;
+    print_report(&report, args.json, "pushed", &args.dir);
+    Ok(())
+}
+
+async fn pull(args: PullArgs, settings: Settings) -> anyhow::Result<()> {
+    let mut client = connect(&settings).await?;
+    let req =
+        PullRequest { root: args.dir.clone(), key: args.key, restore_prefixes: args.restore_keys, delete: args.delete };
+    let report = sync::pull(&mut client, &req, &sync_options(&settings, args.json))
+        .await
+        .with_context(|| format!("pull into {}", args.dir.display()))?;
+    print_report(&report, args.json, "restored", &args.dir);
+    Ok(())
+}
+
+fn print_report(r: &Report, json: bool, verb: &str, dir: &std::path::Path) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("reports serialize"));
+        return;
+    }
+    let what = if r.unchanged { " (unchanged)" } else { "" };
+    println!(
+        "{verb} {} as {}#{}{what}: {} files, {}; {} sent, {} received in {:.1}s ({} whole, {} as deltas)",
+        dir.display(),
+        r.key,
+        r.generation,
+        r.files,
+        human(r.bytes),
+        human(r.bytes_sent),
+        human(r.bytes_received),
+        r.duration_ms as f64 / 1000.0,
+        r.blobs_whole,
+        r.blobs_delta,
+    );
+}
+
+async fn status(args: StatusArgs, settings: Settings) -> anyhow::Result<()> {
+    let mut client = connect(&settings).await?;
+    let list = client.list_keys(&args.prefix).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&serde_json::json!({ "mirror": client.url(), "keys": list }))?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("{}: no snapshots", client.url());
+    }
+    for s in list {
+        println!(
+            "{}#{}  {} files  {}  profile {}  manifest {}",
+            s.key,
+            s.generation,
+            s.files,
+            human(s.bytes),
+            s.profile,
+            &s.manifest[..16]
+        );
+    }
+    Ok(())
+}
+
+fn scan(args: ScanArgs) -> anyhow::Result<()> {
+    let profile: Profile = args.profile.parse()?;
+    let started = Instant::now();
+    let scanned = crate::scan::scan(&args.dir, profile, &mut HashCache::default())?;
+    let secs = started.elapsed().as_secs_f64();
+    let m = &scanned.manifest;
+    let summary = serde_json::json!({
+        "files": m.file_count(), "bytes": m.total_bytes(), "entries": m.entries().len(),
+        "manifest": m.id().to_hex(), "duration_ms": (secs * 1000.0) as u64,
+        "hash_gb_per_s": scanned.hashed_bytes as f64 / secs.max(1e-9) / 1e9,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{}: {} files, {}, manifest {} ({:.2}s)",
+            args.dir.display(),
+            m.file_count(),
+            human(m.total_bytes()),
+            m.id(),
+            secs
+        );
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,245 @@
+//! Settings: one model, loaded from a TOML file, then `CACHESYNC_*`
+//! environment variables (`CACHESYNC_CLIENT__MIRROR`, `__` between section
+//! and field), then command-line flags. Every field has a default that works
+//! on one machine with no file at all. Loading ([`load`]) is the only I/O;
+//! [`Settings::validate`] is pure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, environment or flags hold something unusable.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything configurable.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where local state (hash caches) is kept.
+    pub state_dir: PathBuf,
+    /// Logging.
+    pub log: LogSettings,
+    /// The mirror process.
+    pub mirror: MirrorSettings,
+    /// Commands that talk to a mirror.
+    pub client: ClientSettings,
+    /// How bytes move.
+    pub transfer: TransferSettings,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter: `info`, `debug`, `cachesync=debug,tonic=info`;
+    /// empty means `info` for the mirror and `warn` for one-shot commands.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// The mirror process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorSettings {
+    /// Address of the gRPC service.
+    pub listen: String,
+    /// The store: a directory (or `file://` URL).
+    pub store: String,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+}
+
+/// Commands that talk to a mirror.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSettings {
+    /// The mirror's URL.
+    pub mirror: String,
+    /// How long to wait for a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+/// How bytes move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferSettings {
+    /// Files smaller than this are sent whole, never as deltas.
+    pub delta_min_size: u64,
+    /// zstd level for content on the wire, 0 (off) to 19.
+    pub compression_level: i32,
+    /// fsync every pulled file (otherwise one syncfs at the end of a pull).
+    pub fsync: bool,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => home().join(fallback),
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: String::new(), format: "text".into() }
+    }
+}
+
+impl Default for MirrorSettings {
+    fn default() -> Self {
+        let store = xdg("XDG_DATA_HOME", ".local/share").join("cachesync/store");
+        MirrorSettings {
+            listen: "127.0.0.1:7415".into(),
+            store: store.to_string_lossy().into_owned(),
+            max_blob_bytes: 64 << 30,
+        }
+    }
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings { mirror: "http://127.0.0.1:7415".into(), connect_timeout_ms: 10_000 }
+    }
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        TransferSettings { delta_min_size: 128 << 10, compression_level: 3, fsync: false }
+    }
+}
+
+impl Settings {
+    fn with_defaults() -> Settings {
+        Settings { state_dir: xdg("XDG_STATE_HOME", ".local/state").join("cachesync"), ..Settings::default() }
+    }
+
+    /// Checks values that parse but cannot work.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.mirror.listen.parse::<SocketAddr>().is_err() {
+            return bad(format!("mirror.listen = {:?}: expected an address like 127.0.0.1:7415", self.mirror.listen));
+        }
+        if !self.client.mirror.starts_with("http://") {
+            return bad(format!("client.mirror = {:?}: expected a URL like http://127.0.0.1:7415", self.client.mirror));
+        }
+        if !(0..=19).contains(&self.transfer.compression_level) {
+            return bad(format!("transfer.compression_level = {}: expected 0 to 19", self.transfer.compression_level));
+        }
+        if self.transfer.delta_min_size < 4096 {
+            return bad(format!("transfer.delta_min_size = {}: expected at least 4096", self.transfer.delta_min_size));
+        }
+        if self.client.connect_timeout_ms == 0 {
+            return bad("client.connect_timeout_ms = 0: expected a positive number".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad(format!("log.format = {:?}: expected text or json", self.log.format));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir is empty".into());
+        }
+        Ok(())
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.client.connect_timeout_ms)
+    }
+}
+
+/// Loads settings: defaults, then `file` (if given), then `CACHESYNC_*`
+/// variables from `env`, then `flags` (dotted keys like `client.mirror`).
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the source and the setting.
+pub fn load<I>(file: Option<&Path>, env: I, flags: &[(&str, String)]) -> Result<Settings, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let invalid = |e: config::ConfigError| ConfigError::Invalid(e.to_string());
+    let defaults = config::Config::try_from(&Settings::with_defaults()).map_err(invalid)?;
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::Invalid(format!("{}: no such configuration file", path.display())));
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("CACHESYNC_")).collect();
+    let environment = config::Environment::with_prefix("CACHESYNC")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(vars));
+    builder = builder.add_source(environment);
+    for (key, value) in flags {
+        builder = builder.set_override(*key, value.as_str()).map_err(invalid)?;
+    }
+    let settings: Settings = builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_work_without_anything() {
+        let s = load(None, env(&[]), &[]).unwrap();
+        assert_eq!(s.mirror.listen, "127.0.0.1:7415");
+        assert_eq!(s.transfer.compression_level, 3);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[client]\nmirror = \"http://file:1\"\n[transfer]\ndelta_min_size = 65536\n").unwrap();
+        let s = load(Some(&file), env(&[("CACHESYNC_CLIENT__MIRROR", "http://env:2")]), &[]).unwrap();
+        assert_eq!(s.client.mirror, "http://env:2");
+        assert_eq!(s.transfer.delta_min_size, 65536);
+        let s = load(
+            Some(&file),
+            env(&[("CACHESYNC_CLIENT__MIRROR", "http://env:2")]),
+            &[("client.mirror", "http://flag:3".into())],
+        )
+        .unwrap();
+        assert_eq!(s.client.mirror, "http://flag:3");
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[transfer]\ndelta_min_sise = 1\n").unwrap();
+        let e = load(Some(&file), env(&[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("delta_min_sise"), "{e}");
+        let e = load(None, env(&[("CACHESYNC_TRANSFER__COMPRESSION_LEVEL", "99")]), &[]).unwrap_err().to_string();
+        assert!(e.contains("compression_level"), "{e}");
+        let e = load(None, env(&[("CACHESYNC_TRANSFER__DELTA_MIN_SIZE", "lots")]), &[]).unwrap_err().to_string();
+        assert!(e.contains("delta_min_size"), "{e}");
+        let e = load(None, env(&[]), &[("mirror.listen", "nowhere".into())]).unwrap_err().to_string();
+        assert!(e.contains("mirror.listen"), "{e}");
+        assert!(load(Some(Path::new("/nonexistent.toml")), env(&[]), &[]).is_err());
+    }
+}

@@ -1,0 +1,432 @@
+//! Binary deltas between versions of a file: the only user of `fast_rsync`.
+//!
+//! Owns the rsync cycle (the receiver sends a [`signature`] of its old copy,
+//! the sender answers with a [`diff`], the receiver rebuilds the new file with
+//! [`apply_verified`]), the rule that picks the block size, and checking every
+//! rebuilt file against its blake3: MD4 block hashes can collide and deltas
+//! arrive from the network, so a result is only trusted once verified. It does
+//! not decide whether a delta is worth sending, move bytes over the network or
+//! rename results into place; the sync and store modules do that.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use fast_rsync::{ApplyError, DiffError, Signature, SignatureOptions};
+use memmap2::Mmap;
+
+use crate::hash::{Hash, HashingWriter};
+
+/// Largest serialized signature we produce or accept (it travels in one message).
+pub const MAX_SIGNATURE_BYTES: usize = 1 << 20;
+/// Bytes of MD4 kept per block in signatures.
+pub const CRYPTO_HASH_SIZE: u32 = 8;
+
+/// Signature header: magic, block size, crypto hash size (big-endian u32s).
+const HEADER_BYTES: usize = 12;
+/// Per block: a 4-byte rolling checksum and the truncated MD4.
+const BLOCK_ENTRY_BYTES: usize = 4 + CRYPTO_HASH_SIZE as usize;
+/// Most blocks a signature within [`MAX_SIGNATURE_BYTES`] can describe (87,380).
+const MAX_BLOCKS: u64 = ((MAX_SIGNATURE_BYTES - HEADER_BYTES) / BLOCK_ENTRY_BYTES) as u64;
+const MIN_BLOCK_SIZE: u64 = 512;
+const BLOCK_ALIGN: u64 = 64;
+const MD4_MAGIC: [u8; 4] = 0x7273_0136u32.to_be_bytes();
+/// Stands in for a path in I/O errors of writers we only know as `impl Write`.
+const OUTPUT: &str = "<delta output>";
+
+/// What can go wrong computing or applying a delta.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// The signature bytes are malformed, unsupported or too large.
+    #[error("invalid delta signature: {0}")]
+    BadSignature(String),
+    /// The delta bytes are malformed or would build more than the expected size.
+    #[error("invalid delta: {0}")]
+    BadDelta(String),
+    /// The delta applied, but its result is not the file we were promised.
+    #[error(
+        "delta result does not match: expected {expected_size} bytes with blake3 {expected}, got {actual_size} bytes with blake3 {actual}"
+    )]
+    HashMismatch {
+        /// The blake3 the result should have had.
+        expected: Hash,
+        /// The length the result should have had.
+        expected_size: u64,
+        /// The blake3 of what was built.
+        actual: Hash,
+        /// The length of what was built.
+        actual_size: u64,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file, or `<delta output>` for a writer without a path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DeltaError + '_ {
+    move |source| DeltaError::Io { path: path.to_path_buf(), source }
+}
+
+/// Block size for a base of `len` bytes.
+///
+/// The rule: the largest of 512 bytes, the square root of `len` (as rsync
+/// does: 1 MiB → 1 KiB blocks, 1 GiB → 32 KiB) and `len / 87,380` (so the
+/// signature never exceeds [`MAX_SIGNATURE_BYTES`]; this term wins above about
+/// 7 GiB), rounded up to a multiple of 64. It never returns 0. Block sizes are
+/// `u32`, so beyond about 341 TiB it saturates at `u32::MAX` and the
+/// signature outgrows the limit (and [`diff`] rejects it).
+pub fn block_size_for(len: u64) -> u32 {
+    let size = len.isqrt().max(len.div_ceil(MAX_BLOCKS)).max(MIN_BLOCK_SIZE);
+    u32::try_from(size.next_multiple_of(BLOCK_ALIGN)).unwrap_or(u32::MAX)
+}
+
+/// Serialized signature of `base`, with the block size of [`block_size_for`].
+pub fn signature(base: &[u8]) -> Vec<u8> {
+    let options =
+        SignatureOptions { block_size: block_size_for(base.len() as u64), crypto_hash_size: CRYPTO_HASH_SIZE };
+    Signature::calculate(base, options).into_serialized()
+}
+
+/// Checks untrusted signature bytes, including what `fast_rsync::diff`
+/// would panic on (a block size of 0).
+fn parse_signature(bytes: &[u8]) -> Result<Signature, DeltaError> {
+    let len = bytes.len();
+    let word = |at: usize| bytes[at..at + 4].try_into().map_or(0, u32::from_be_bytes);
+    let problem = if len > MAX_SIGNATURE_BYTES {
+        format!("{len} bytes, over the limit of {MAX_SIGNATURE_BYTES}")
+    } else if len < HEADER_BYTES {
+        format!("{len} bytes, shorter than a header")
+    } else if bytes[..4] != MD4_MAGIC {
+        format!("not an MD4 signature (magic {:#010x})", word(0))
+    } else if word(4) == 0 {
+        "block size 0".to_owned()
+    } else if !(1..=16).contains(&word(8)) {
+        format!("{} hash bytes per block, not 1 to 16 (MD4)", word(8))
+    } else {
+        let parsed = Signature::deserialize(bytes.to_vec());
+        return parsed.map_err(|e| DeltaError::BadSignature(e.to_string()));
+    };
+    Err(DeltaError::BadSignature(problem))
+}
+
+/// Writes to `out` a delta that turns the base described by `signature`
+/// (untrusted bytes from the network) into `new`.
+///
+/// # Errors
+///
+/// [`DeltaError::BadSignature`] when the signature is malformed, unsupported
+/// or larger than [`MAX_SIGNATURE_BYTES`]; [`DeltaError::Io`] (path
+/// `<delta output>`) when writing to `out` fails.
+pub fn diff(signature: &[u8], new: &[u8], out: impl Write) -> Result<(), DeltaError> {
+    let signature = parse_signature(signature)?;
+    fast_rsync::diff(&signature.index(), new, out).map_err(|e| match e {
+        DiffError::InvalidSignature => DeltaError::BadSignature(e.to_string()),
+        DiffError::Io(source) => io_error(Path::new(OUTPUT))(source),
+    })
+}
+
+/// Applies `delta` (untrusted bytes) to `base`, writing at most
+/// `expected_size` bytes to `out`, and checks that the result is exactly
+/// `expected_size` bytes with blake3 `expected`. On error, `out` holds
+/// partial or wrong data and must be discarded.
+///
+/// # Errors
+///
+/// [`DeltaError::BadDelta`] when the delta is malformed or would build more
+/// than `expected_size` bytes; [`DeltaError::HashMismatch`] when the result is
+/// not the expected file; [`DeltaError::Io`] (path `<delta output>`) when
+/// writing to `out` fails.
+pub fn apply_verified(
+    base: &[u8],
+    delta: &[u8],
+    expected: Hash,
+    expected_size: u64,
+    out: impl Write,
+) -> Result<(), DeltaError> {
+    let limit = usize::try_from(expected_size).unwrap_or(usize::MAX);
+    let mut writer = HashingWriter::new(out);
+    fast_rsync::apply_limited(base, delta, &mut writer, limit).map_err(|e| match e {
+        ApplyError::Io(source) => io_error(Path::new(OUTPUT))(source),
+        other => DeltaError::BadDelta(other.to_string()),
+    })?;
+    writer.flush().map_err(io_error(Path::new(OUTPUT)))?;
+    let (actual, actual_size, _) = writer.finish();
+    if (actual, actual_size) != (expected, expected_size) {
+        return Err(DeltaError::HashMismatch { expected, expected_size, actual, actual_size });
+    }
+    Ok(())
+}
+
+/// A read-only memory map of a whole file (an empty slice for an empty
+/// file), so that large bases, new files and spooled deltas are never read
+/// into memory.
+#[derive(Debug)]
+pub struct Mapped {
+    /// `None` for an empty file: Linux refuses to map zero bytes.
+    map: Option<Mmap>,
+}
+
+impl Mapped {
+    /// Maps the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaError::Io`] with `path` when the file cannot be opened or mapped.
+    pub fn open(path: &Path) -> Result<Mapped, DeltaError> {
+        let file = File::open(path).map_err(io_error(path))?;
+        if file.metadata().map_err(io_error(path))?.len() == 0 {
+            return Ok(Mapped { map: None });
+        }
+        // SAFETY: the map is only sound while nobody modifies or truncates the
+        // file. Our callers map files in their own staging/temp directories or
+        // the store's immutable blobs, which nothing else writes. If the file
+        // were truncated concurrently anyway, reading the lost pages would
+        // raise SIGBUS (a crash, not silent corruption).
+        let map = unsafe { Mmap::map(&file) }.map_err(io_error(path))?;
+        Ok(Mapped { map: Some(map) })
+    }
+
+    /// The file's contents.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// Rebuilds a file for a receiver: applies the delta at `delta_path` to the
+/// file at `base_path` with [`apply_verified`], writing a new file at
+/// `out_path` (which must not exist), synced to disk when `fsync` is true.
+/// Syncing its directory and renaming it into place is the caller's job.
+///
+/// # Errors
+///
+/// Those of [`Mapped::open`] and [`apply_verified`], and [`DeltaError::Io`]
+/// with `out_path` when it exists or cannot be written. On any error after
+/// `out_path` was created, it is removed, so nothing half-written is left.
+pub fn apply_files(
+    base_path: &Path,
+    delta_path: &Path,
+    out_path: &Path,
+    expected: Hash,
+    expected_size: u64,
+    fsync: bool,
+) -> Result<(), DeltaError> {
+    let base = Mapped::open(base_path)?;
+    let delta = Mapped::open(delta_path)?;
+    let file = File::create_new(out_path).map_err(io_error(out_path))?;
+    let mut writer = BufWriter::new(file);
+    let (base, delta) = (base.bytes(), delta.bytes());
+    let written = apply_verified(base, delta, expected, expected_size, &mut writer)
+        .and_then(|()| finish_file(writer, fsync, out_path))
+        // The maps cannot fail with I/O errors: any comes from writing `out_path`.
+        .map_err(|e| match e {
+            DeltaError::Io { source, .. } => io_error(out_path)(source),
+            other => other,
+        });
+    if written.is_err() {
+        // Best effort: the error being returned matters more than this one.
+        let _ = fs::remove_file(out_path);
+    }
+    written
+}
+
+/// Flushes `writer` and, when `fsync` is true, syncs its file to disk.
+fn finish_file(writer: BufWriter<File>, fsync: bool, path: &Path) -> Result<(), DeltaError> {
+    let file = writer.into_inner().map_err(|e| io_error(path)(e.into_error()))?;
+    if fsync {
+        file.sync_all().map_err(io_error(path))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise (xorshift64).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut step = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        };
+        (0..len).map(|_| step()).collect()
+    }
+
+    fn delta_of(base: &[u8], new: &[u8]) -> Vec<u8> {
+        let mut delta = Vec::new();
+        diff(&signature(base), new, &mut delta).unwrap();
+        delta
+    }
+
+    /// Applies `delta` expecting `new`; returns the result and what was written.
+    fn rebuild(base: &[u8], delta: &[u8], new: &[u8]) -> (Result<(), DeltaError>, Vec<u8>) {
+        let mut out = Vec::new();
+        let result = apply_verified(base, delta, Hash::of(new), new.len() as u64, &mut out);
+        (result, out)
+    }
+
+    /// Serialized signature length for a base of `len` bytes, by the format.
+    fn signature_len(len: u64) -> u64 {
+        12 + (4 + u64::from(CRYPTO_HASH_SIZE)) * len.div_ceil(block_size_for(len).into())
+    }
+
+    #[test]
+    fn small_change_gives_small_delta_that_round_trips() {
+        let base = noise(3 << 20, 1);
+        let mut new = base.clone();
+        for (i, patch) in noise(24 << 10, 2).chunks(1024).enumerate() {
+            let at = 1000 + i * 131_071;
+            new[at..at + 1024].copy_from_slice(patch);
+        }
+        new.splice(1 << 20..1 << 20, noise(8 << 10, 3));
+        new.truncate(new.len() - (64 << 10));
+        let delta = delta_of(&base, &new);
+        assert!(delta.len() < new.len() / 10, "{} bytes", delta.len());
+        let (result, out) = rebuild(&base, &delta, &new);
+        result.unwrap();
+        assert!(out == new);
+    }
+
+    #[test]
+    fn identical_and_empty_files() {
+        let base = noise(100_000, 4);
+        let delta = delta_of(&base, &base);
+        // Only the last, partial block (100,000 % 512 bytes) travels as a literal.
+        assert!(delta.len() < 32 + 100_000 % 512, "{} bytes", delta.len());
+        rebuild(&base, &delta, &base).0.unwrap();
+        for (base, new) in [(&b""[..], &b"hello"[..]), (b"hello", b""), (b"", b"")] {
+            let (result, out) = rebuild(base, &delta_of(base, new), new);
+            result.unwrap();
+            assert_eq!(out, new);
+        }
+    }
+
+    #[test]
+    fn block_size_grows_like_sqrt_and_bounds_the_signature() {
+        assert_eq!(block_size_for(0), 512);
+        assert_eq!(block_size_for(1 << 20), 1 << 10);
+        assert_eq!(block_size_for(1 << 30), 32 << 10);
+        let base = noise(3 << 20, 5);
+        assert_eq!(signature(&base).len() as u64, signature_len(3 << 20));
+        // The largest base whose block size still fits in a u32: about 341 TiB.
+        let max = MAX_BLOCKS * (u64::from(u32::MAX) + 1 - BLOCK_ALIGN);
+        let mut previous = 0;
+        for len in [0, 1, 511, 3 << 20, 1 << 30, 8 << 30, 1 << 40, 100 << 40, max] {
+            let size = block_size_for(len);
+            assert!(size >= previous && size.is_multiple_of(64), "{len}: {size}");
+            assert!(signature_len(len) <= MAX_SIGNATURE_BYTES as u64, "{len}");
+            previous = size;
+        }
+        assert_eq!(block_size_for(u64::MAX / 2), u32::MAX);
+        assert_eq!(block_size_for(u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn corrupt_deltas_fail_without_overrunning() {
+        let base = noise(64 << 10, 6);
+        let mut new = base.clone();
+        new[5000..5100].fill(7);
+        new.extend_from_slice(b"tail");
+        let delta = delta_of(&base, &new);
+        let flipped = (0..delta.len()).map(|i| {
+            let mut d = delta.clone();
+            d[i] ^= 0x5a;
+            d
+        });
+        let truncated = (0..delta.len()).map(|n| delta[..n].to_vec());
+        let mut failures = 0;
+        for bad in flipped.chain(truncated).chain([noise(300, 7)]) {
+            let (result, out) = rebuild(&base, &bad, &new);
+            assert!(out.len() <= new.len());
+            match result {
+                Ok(()) => assert!(out == new),
+                Err(DeltaError::BadDelta(_) | DeltaError::HashMismatch { .. }) => failures += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(failures >= 2 * delta.len(), "{failures} failures");
+        // Hand-made: magic, copies with 8-byte offset and length (0x54), end.
+        let copy = |at: u64, len: u64| [[0x54].as_slice(), &at.to_be_bytes(), &len.to_be_bytes()].concat();
+        let magic = 0x7273_0236u32.to_be_bytes();
+        let out_of_bounds = [&magic[..], &copy(u64::MAX - 8, 16), &[0]].concat();
+        let whole = copy(0, base.len() as u64);
+        let twice = [&magic[..], &whole, &whole, &[0]].concat();
+        for bad in [out_of_bounds, twice] {
+            let (result, out) = rebuild(&base, &bad, &base);
+            assert!(matches!(result, Err(DeltaError::BadDelta(_))), "{result:?}");
+            assert!(out.len() <= base.len());
+        }
+    }
+
+    #[test]
+    fn wrong_expected_hash_or_size_is_a_mismatch() {
+        let base = noise(10_000, 8);
+        let delta = delta_of(&base, &base);
+        for (hash, size) in [(Hash::of(b"other"), 10_000), (Hash::of(&base), 10_001)] {
+            let result = apply_verified(&base, &delta, hash, size, io::sink());
+            let Err(DeltaError::HashMismatch { actual, actual_size, .. }) = result else {
+                panic!("{result:?}");
+            };
+            assert_eq!((actual, actual_size), (Hash::of(&base), 10_000));
+        }
+    }
+
+    #[test]
+    fn malformed_signatures_are_rejected() {
+        let good = signature(&noise(10_000, 9));
+        let with = |at: usize, bytes: &[u8]| {
+            let mut sig = good.clone();
+            sig[at..at + bytes.len()].copy_from_slice(bytes);
+            sig
+        };
+        let mut oversized = good[..12].to_vec();
+        oversized.resize(12 + 12 * (MAX_BLOCKS as usize + 1), 0);
+        let cases = [
+            vec![],
+            good[..11].to_vec(),
+            good[..good.len() - 1].to_vec(),
+            noise(1000, 10),
+            with(3, &[0x37]), // BLAKE2 magic: unsupported by diff
+            with(4, &[0; 4]),
+            with(8, &[0; 4]),
+            with(8, &17u32.to_be_bytes()),
+            oversized,
+        ];
+        for sig in cases {
+            let result = diff(&sig, b"some new data", io::sink());
+            assert!(matches!(result, Err(DeltaError::BadSignature(_))));
+        }
+    }
+
+    #[test]
+    fn apply_files_writes_verified_files_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let base = noise(200_000, 11);
+        let mut new = base.clone();
+        new[100..200].fill(1);
+        fs::write(path("base"), &base).unwrap();
+        fs::write(path("delta"), delta_of(&base, &new)).unwrap();
+        fs::write(path("empty"), b"").unwrap();
+        assert!(Mapped::open(&path("empty")).unwrap().bytes().is_empty());
+        let missing = Mapped::open(&path("missing"));
+        assert!(matches!(missing, Err(DeltaError::Io { path: p, .. }) if p == path("missing")));
+        let (base, delta, size) = (path("base"), path("delta"), new.len() as u64);
+        let apply = |out: &str, hash| apply_files(&base, &delta, &path(out), hash, size, true);
+        let mismatch = apply("bad", Hash::of(b"x"));
+        assert!(matches!(mismatch, Err(DeltaError::HashMismatch { .. })));
+        assert!(!path("bad").exists());
+        apply("out", Hash::of(&new)).unwrap();
+        assert!(fs::read(path("out")).unwrap() == new);
+        let exists = apply("out", Hash::of(&new));
+        assert!(matches!(exists, Err(DeltaError::Io { path: p, .. }) if p == path("out")));
+        assert!(fs::read(path("out")).unwrap() == new, "existing file untouched");
+    }
+}

@@ -1,0 +1,74 @@
+//! The `cachesync` binary: parse flags, load settings, set up logging, run
+//! the command, and map the result to an exit code (0 ok, 1 failure, 2 usage).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cachesync::cli::{Cli, Command};
+use cachesync::config::{self, Settings};
+
+fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
+    let mut flags = Vec::new();
+    let mut add = |key, value: &Option<String>| {
+        if let Some(v) = value {
+            flags.push((key, v.clone()));
+        }
+    };
+    add("log.level", &cli.log_level);
+    add("log.format", &cli.log_format);
+    match &cli.command {
+        Command::Mirror(m) => {
+            add("mirror.listen", &m.listen);
+            add("mirror.store", &m.store);
+        }
+        Command::Push(a) => add("client.mirror", &a.url.mirror),
+        Command::Pull(a) => add("client.mirror", &a.url.mirror),
+        Command::Status(a) => add("client.mirror", &a.url.mirror),
+        Command::Scan(_) => {}
+    }
+    flags
+}
+
+fn init_tracing(settings: &Settings, long_running: bool) {
+    let level = match settings.log.level.as_str() {
+        "" if long_running => "info",
+        "" => "warn",
+        level => level,
+    };
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = flag_overrides(&cli);
+    let settings = match config::load(cli.config.as_deref(), std::env::vars(), &flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cachesync: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings, matches!(cli.command, Command::Mirror(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cachesync: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cachesync::commands::run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cachesync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Manifests: the sorted entries of one root at one moment.
+//!
+//! Owns [`Entry`], [`Manifest`], their canonical binary encoding (whose blake3
+//! is the manifest id) and the validation every manifest from the network
+//! passes before anything acts on it: safe relative paths, every parent a
+//! directory entry, symlinks that stay inside the root, bounded sizes. It does
+//! not read the file system (see `scan`) nor decide what to transfer (see
+//! `sync::plan`).
+
+use std::collections::HashSet;
+
+use crate::codec::{Dec, Enc};
+use crate::hash::Hash;
+
+const MAGIC: &[u8; 4] = b"CSM1";
+/// Longest relative path accepted, in bytes.
+pub const MAX_PATH: usize = 4096;
+const MAX_COMPONENT: usize = 255;
+/// Mode bits carried: permissions only (no setuid, setgid or sticky bits from the network).
+pub const MODE_MASK: u32 = 0o777;
+
+/// What an entry is, with what only that kind has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A regular file and the blake3 of its bytes.
+    File(Hash),
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target, relative and inside the root.
+    Symlink(String),
+}
+
+/// One file, directory or symlink of a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative path, `/`-separated, validated by [`check_path`].
+    pub path: String,
+    /// Size in bytes (0 for directories and symlinks).
+    pub size: u64,
+    /// Permission bits (`mode & 0o777`).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Kind-specific content.
+    pub content: Content,
+}
+
+impl Entry {
+    /// The blake3 of a regular file's content.
+    pub fn file_hash(&self) -> Option<Hash> {
+        match self.content {
+            Content::File(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Why a manifest or a path was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    /// The bytes are not a manifest of this version.
+    #[error("manifest is malformed: {0}")]
+    Malformed(&'static str),
+    /// A path that could escape the root or is otherwise unusable.
+    #[error("unsafe path {path:?}: {why}")]
+    UnsafePath {
+        /// The offending path, as received.
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Entries out of order or duplicated.
+    #[error("manifest entries are not sorted and unique at {0:?}")]
+    Unsorted(String),
+    /// An entry whose parent is not a directory entry of the same manifest.
+    #[error("{0:?} has no parent directory entry (a parent that is a file or symlink is refused)")]
+    Orphan(String),
+    /// A symlink pointing outside the root.
+    #[error("symlink {path:?} points outside the root ({target:?})")]
+    SymlinkEscapes {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+    },
+}
+
+/// The sorted entries of one root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// Builds a manifest from entries in any order, sorting them.
+    ///
+    /// # Errors
+    ///
+    /// Any [`ManifestError`] that [`Manifest::validate`] finds.
+    pub fn new(mut entries: Vec<Entry>) -> Result<Manifest, ManifestError> {
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let m = Manifest { entries };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The entries, sorted by path.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Number of regular files.
+    pub fn file_count(&self) -> u64 {
+        self.entries.iter().filter(|e| e.file_hash().is_some()).count() as u64
+    }
+
+    /// Total size of the regular files.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+
+    /// Looks an entry up by path.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.binary_search_by(|e| e.path.as_str().cmp(path)).ok().map(|i| &self.entries[i])
+    }
+
+    /// The canonical encoding; its blake3 is [`Manifest::id`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc(Vec::with_capacity(64 + self.entries.len() * 96));
+        e.raw(MAGIC);
+        e.u64(self.entries.len() as u64);
+        for entry in &self.entries {
+            let kind = match entry.content {
+                Content::File(_) => 0,
+                Content::Dir => 1,
+                Content::Symlink(_) => 2,
+            };
+            e.u8(kind);
+            e.bytes(entry.path.as_bytes());
+            e.u64(entry.size);
+            e.u32(entry.mode);
+            e.i64(entry.mtime_ns);
+            match &entry.content {
+                Content::File(h) => e.raw(h.as_bytes()),
+                Content::Dir => {}
+                Content::Symlink(t) => e.bytes(t.as_bytes()),
+            }
+        }
+        e.0
+    }
+
+    /// The manifest id: blake3 of the canonical encoding.
+    pub fn id(&self) -> Hash {
+        Hash::of(&self.encode())
+    }
+
+    /// Decodes and validates untrusted bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::Malformed`] for bad framing; any validation error.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let mut d = Dec(bytes);
+        let truncated = |_| ManifestError::Malformed("truncated");
+        if d.take(4).map_err(truncated)? != MAGIC {
+            return Err(ManifestError::Malformed("unknown format (bad magic)"));
+        }
+        let count = d.u64().map_err(truncated)?;
+        // Each entry takes at least 25 bytes: never trust the count for allocation.
+        let mut entries = Vec::with_capacity(count.min(bytes.len() as u64 / 25) as usize);
+        for _ in 0..count {
+            entries.push(decode_entry(&mut d)?);
+        }
+        if !d.is_empty() {
+            return Err(ManifestError::Malformed("trailing bytes"));
+        }
+        let m = Manifest { entries };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks paths, order, parents, modes and symlink targets.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let mut dirs: HashSet<&str> = HashSet::new();
+        for (i, entry) in self.entries.iter().enumerate() {
+            check_path(&entry.path)?;
+            if i > 0 && self.entries[i - 1].path >= entry.path {
+                return Err(ManifestError::Unsorted(entry.path.clone()));
+            }
+            if entry.mode & !MODE_MASK != 0 {
+                return Err(ManifestError::Malformed("mode has bits beyond 0o777"));
+            }
+            if let Content::Dir = entry.content {
+                dirs.insert(&entry.path);
+            }
+            if let Content::Symlink(target) = &entry.content {
+                check_symlink_target(&entry.path, target)?;
+            }
+        }
+        for entry in &self.entries {
+            if let Some((parent, _)) = entry.path.rsplit_once('/')
+                && !dirs.contains(parent)
+            {
+                return Err(ManifestError::Orphan(entry.path.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode_entry(d: &mut Dec<'_>) -> Result<Entry, ManifestError> {
+    let t = |_| ManifestError::Malformed("truncated entry");
+    let kind = d.u8().map_err(t)?;
+    let path = utf8(d.bytes().map_err(t)?)?;
+    let size = d.u64().map_err(t)?;
+    let mode = d.u32().map_err(t)?;
+    let mtime_ns = d.i64().map_err(t)?;
+    let content = match kind {
+        0 => Content::File(
+            Hash::from_slice(d.take(Hash::LEN).map_err(t)?).map_err(|_| ManifestError::Malformed("bad hash"))?,
+        ),
+        1 => Content::Dir,
+        2 => Content::Symlink(utf8(d.bytes().map_err(t)?)?),
+        _ => return Err(ManifestError::Malformed("unknown entry kind")),
+    };
+    if !matches!(content, Content::File(_)) && size != 0 {
+        return Err(ManifestError::Malformed("directory or symlink with a size"));
+    }
+    Ok(Entry { path, size, mode, mtime_ns, content })
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, ManifestError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| ManifestError::Malformed("path is not UTF-8"))
+}
+
+/// Checks that `path` is a safe relative path: not empty or absolute, no `.`
+/// or `..` or empty components, no NUL, bounded lengths.
+///
+/// # Errors
+///
+/// [`ManifestError::UnsafePath`] naming the problem.
+pub fn check_path(path: &str) -> Result<(), ManifestError> {
+    let bad = |why| ManifestError::UnsafePath { path: path.to_string(), why };
+    if path.is_empty() {
+        return Err(bad("empty"));
+    }
+    if path.len() > MAX_PATH {
+        return Err(bad("too long"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("absolute"));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains NUL"));
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return Err(bad("empty component")),
+            "." | ".." => return Err(bad("contains . or ..")),
+            c if c.len() > MAX_COMPONENT => return Err(bad("component too long")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a symlink at `path` pointing at `target` stays inside the root,
+/// resolving `..` lexically from the link's directory.
+///
+/// # Errors
+///
+/// [`ManifestError::SymlinkEscapes`] or [`ManifestError::UnsafePath`].
+pub fn check_symlink_target(path: &str, target: &str) -> Result<(), ManifestError> {
+    let escapes = || ManifestError::SymlinkEscapes { path: path.into(), target: target.into() };
+    if target.is_empty() || target.contains('\0') || target.len() > MAX_PATH {
+        return Err(ManifestError::UnsafePath { path: path.into(), why: "bad symlink target" });
+    }
+    if target.starts_with('/') {
+        return Err(escapes());
+    }
+    let mut depth = path.matches('/').count() as i64;
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            return Err(escapes());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, byte: u8) -> Entry {
+        Entry {
+            path: path.into(),
+            size: 1,
+            mode: 0o644,
+            mtime_ns: 1_700_000_000_000_000_000,
+            content: Content::File(Hash::of(&[byte])),
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry { path: path.into(), size: 0, mode: 0o555, mtime_ns: 0, content: Content::Dir }
+    }
+
+    fn sample() -> Manifest {
+        let link = Entry {
+            path: "d/link".into(),
+            size: 0,
+            mode: 0o777,
+            mtime_ns: 5,
+            content: Content::Symlink("../ü.txt".into()),
+        };
+        Manifest::new(vec![file("ü.txt", 1), dir("d"), file("d/x", 2), link, file("d-e", 3)]).unwrap()
+    }
+
+    #[test]
+    fn encode_decode_round_trip_is_canonical() {
+        let m = sample();
+        let bytes = m.encode();
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.id(), Hash::of(&bytes));
+        assert_eq!(m.file_count(), 3);
+        assert_eq!(m.get("d/x").unwrap().size, 1);
+        assert!(m.get("nope").is_none());
+    }
+
+    #[test]
+    fn every_truncation_and_garbage_is_an_error_not_a_panic() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Manifest::decode(&extra).is_err());
+        let mut huge = b"CSM1".to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Manifest::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        for p in ["", "/etc/passwd", "a/../../b", "..", "a//b", "./a", "a/", "a\0b"] {
+            assert!(check_path(p).is_err(), "{p:?} accepted");
+        }
+        for p in ["a", "a/b c/ü", ".hidden", "a..b", "x/...", "a\\b"] {
+            assert!(check_path(p).is_ok(), "{p:?} refused");
+        }
+        let long = "x".repeat(300);
+        assert!(check_path(&long).is_err());
+    }
+
+    #[test]
+    fn entries_under_files_or_symlinks_or_missing_parents_are_refused() {
+        let link = Entry { path: "l".into(), size: 0, mode: 0o777, mtime_ns: 0, content: Content::Symlink("d".into()) };
+        assert!(matches!(Manifest::new(vec![link, file("l/evil", 1)]), Err(ManifestError::Orphan(_))));
+        assert!(Manifest::new(vec![file("f", 1), file("f/g", 2)]).is_err());
+        assert!(Manifest::new(vec![file("a/b", 1)]).is_err());
+        assert!(Manifest::new(vec![file("a", 1), file("a", 2)]).is_err());
+    }
+
+    #[test]
+    fn symlinks_must_stay_inside_the_root() {
+        assert!(check_symlink_target("a/l", "../b").is_ok());
+        assert!(check_symlink_target("a/l", "b/../../c").is_ok());
+        assert!(check_symlink_target("a/l", "../../b").is_err());
+        assert!(check_symlink_target("l", "/etc/passwd").is_err());
+        assert!(check_symlink_target("l", "..").is_err());
+    }
+
+    #[test]
+    fn setuid_bits_are_refused() {
+        let mut f = file("f", 1);
+        f.mode = 0o4755;
+        assert!(Manifest::new(vec![f]).is_err());
+    }
+}

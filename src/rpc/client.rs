@@ -1,0 +1,406 @@
+//! The client side of the protocol: connecting, the version check, counting
+//! the bytes that cross the socket, and typed wrappers over each call.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Request, Status};
+
+use super::frames::{self, FrameError, FrameReceiver, Incoming};
+use super::pb::cache_sync_client::CacheSyncClient;
+use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION, pb};
+use crate::hash::Hash;
+use crate::manifest::{Manifest, ManifestError};
+use crate::store::SnapshotRecord;
+
+/// Why a call to a mirror failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL cannot be used.
+    #[error("invalid mirror URL {url:?}: {why}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// Nothing answered.
+    #[error("cannot reach the mirror at {url}: {why}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// What the transport said.
+        why: String,
+    },
+    /// The two sides speak different protocol versions.
+    #[error("the mirror at {url} speaks protocol {theirs}, this cachesync speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The URL.
+        url: String,
+        /// The server's version.
+        theirs: u32,
+    },
+    /// The mirror answered with an error.
+    #[error("the mirror at {url} refused: {message}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// The gRPC code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+    /// The mirror sent something invalid.
+    #[error("the mirror at {url} sent an invalid {what}: {why}")]
+    Invalid {
+        /// The URL.
+        url: String,
+        /// Which message.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// A blob stream failed.
+    #[error(transparent)]
+    Frames(#[from] FrameError),
+}
+
+/// Bytes that crossed the client's sockets, counted at the TCP stream.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+impl Counters {
+    /// Bytes written to the sockets.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+    /// Bytes read from the sockets.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+struct Counted {
+    inner: TcpStream,
+    counters: Counters,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.counters.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type Intercept = fn(Request<()>) -> Result<Request<()>, Status>;
+
+#[allow(clippy::result_large_err)]
+fn add_protocol(mut req: Request<()>) -> Result<Request<()>, Status> {
+    req.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string().parse().expect("ascii"));
+    Ok(req)
+}
+
+/// A connection to a mirror.
+#[derive(Clone)]
+pub struct Client {
+    inner: CacheSyncClient<InterceptedService<Channel, Intercept>>,
+    counters: Counters,
+    url: String,
+}
+
+impl Client {
+    /// Connects to `url` (`http://host:port`) and checks the protocol version.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::BadUrl`], [`ClientError::Unreachable`], [`ClientError::Version`].
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let bad = |why: String| ClientError::BadUrl { url: url.to_string(), why };
+        if !url.starts_with("http://") {
+            return Err(bad("expected http://HOST:PORT".into()));
+        }
+        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+        let counters = Counters::default();
+        let c = counters.clone();
+        let connector = tower::service_fn(move |uri: Uri| {
+            let counters = c.clone();
+            async move {
+                let host = uri.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
+                let port = uri.port_u16().unwrap_or(80);
+                let inner = TcpStream::connect((host.as_str(), port)).await?;
+                inner.set_nodelay(true)?;
+                Ok::<_, io::Error>(TokioIo::new(Counted { inner, counters }))
+            }
+        });
+        let channel = endpoint
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
+        let inner = CacheSyncClient::with_interceptor(channel, add_protocol as Intercept)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let mut client = Client { inner, counters, url: url.to_string() };
+        client.hello().await?;
+        Ok(client)
+    }
+
+    /// Bytes on the wire so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The mirror's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn refused(&self, status: Status) -> ClientError {
+        match status.code() {
+            Code::Unavailable => ClientError::Unreachable { url: self.url.clone(), why: status.message().to_string() },
+            code => ClientError::Refused { url: self.url.clone(), code, message: status.message().to_string() },
+        }
+    }
+
+    fn invalid(&self, what: &'static str, why: impl ToString) -> ClientError {
+        ClientError::Invalid { url: self.url.clone(), what, why: why.to_string() }
+    }
+
+    async fn hello(&mut self) -> Result<(), ClientError> {
+        let resp = self.inner.hello(pb::HelloRequest { protocol: PROTOCOL_VERSION }).await;
+        let resp = resp.map_err(|s| self.refused(s))?.into_inner();
+        if resp.protocol != PROTOCOL_VERSION {
+            return Err(ClientError::Version { url: self.url.clone(), theirs: resp.protocol });
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot of `key`, else of the newest key under each prefix.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors and refusals.
+    pub async fn resolve(&mut self, key: &str, prefixes: &[String]) -> Result<Option<SnapshotRecord>, ClientError> {
+        let req = pb::ResolveRequest { key: key.to_string(), restore_prefixes: prefixes.to_vec() };
+        let resp = self.inner.resolve(req).await.map_err(|s| self.refused(s))?.into_inner();
+        resp.snapshot.map(|s| SnapshotRecord::try_from(s).map_err(|e| self.invalid("snapshot", e))).transpose()
+    }
+
+    /// The newest snapshot of every key under `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors and refusals.
+    pub async fn list_keys(&mut self, prefix: &str) -> Result<Vec<SnapshotRecord>, ClientError> {
+        let req = pb::ListKeysRequest { prefix: prefix.to_string() };
+        let resp = self.inner.list_keys(req).await.map_err(|s| self.refused(s))?.into_inner();
+        resp.snapshots
+            .into_iter()
+            .map(|s| SnapshotRecord::try_from(s).map_err(|e| self.invalid("snapshot", e)))
+            .collect()
+    }
+
+    /// Downloads, verifies and decodes a manifest.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, and [`ClientError::Invalid`] for bytes that do not match or validate.
+    pub async fn manifest(&mut self, id: Hash) -> Result<Manifest, ClientError> {
+        let req = pb::GetManifestRequest { manifest_id: id.as_bytes().to_vec() };
+        let mut stream = self.inner.get_manifest(req).await.map_err(|s| self.refused(s))?.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(|s| self.refused(s))? {
+            if bytes.len() as u64 + chunk.data.len() as u64 > MAX_MANIFEST {
+                return Err(self.invalid("manifest", "larger than the limit"));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if Hash::of(&bytes) != id {
+            return Err(self.invalid("manifest", format!("bytes do not hash to {id}")));
+        }
+        tokio::task::spawn_blocking(move || Manifest::decode(&bytes))
+            .await
+            .map_err(|e| self.invalid("manifest", e))?
+            .map_err(|e: ManifestError| self.invalid("manifest", e))
+    }
+
+    /// The hashes the mirror lacks, asked in bounded batches.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors and refusals.
+    pub async fn missing(&mut self, hashes: &[Hash]) -> Result<Vec<Hash>, ClientError> {
+        let mut out = Vec::new();
+        for batch in hashes.chunks(MAX_HASHES) {
+            let req = pb::MissingBlobsRequest { hashes: batch.iter().map(|h| h.as_bytes().to_vec()).collect() };
+            let resp = self.inner.missing_blobs(req).await.map_err(|s| self.refused(s))?.into_inner();
+            for m in resp.missing {
+                out.push(Hash::from_slice(&m).map_err(|e| self.invalid("hash", e))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams blobs to the mirror; `produce` runs on the blocking pool and
+    /// sends frames. Returns the hashes of deltas the mirror refused.
+    ///
+    /// # Errors
+    ///
+    /// The producer's error, or the mirror's.
+    pub(crate) async fn put_blobs<P>(&mut self, produce: P) -> Result<Vec<Hash>, ClientError>
+    where
+        P: FnOnce(&mut frames::Send<'_>) -> Result<(), FrameError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<pb::BlobFrame>(16);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut send = |f| tx.blocking_send(f).map_err(|_| FrameError::Gone);
+            produce(&mut send)
+        });
+        let call = self.inner.put_blobs(ReceiverStream::new(rx)).await;
+        let produced = producer.await.map_err(|e| FrameError::Handler(e.to_string()))?;
+        match (produced, call) {
+            (Err(e), _) if !matches!(e, FrameError::Gone) => Err(e.into()),
+            (_, Err(status)) => Err(self.refused(status)),
+            (_, Ok(resp)) => resp
+                .into_inner()
+                .rejected_deltas
+                .iter()
+                .map(|h| Hash::from_slice(h).map_err(|e| self.invalid("hash", e)))
+                .collect(),
+        }
+    }
+
+    /// Downloads blobs whole; `handle` receives each verified staging file.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, stream and verification failures, `handle`'s errors.
+    pub(crate) async fn get_blobs<H>(
+        &mut self,
+        hashes: &[Hash],
+        receiver: FrameReceiver,
+        handle: H,
+    ) -> Result<(), ClientError>
+    where
+        H: FnMut(Incoming) -> Result<(), FrameError> + Send + 'static,
+    {
+        assert!(hashes.len() <= MAX_HASHES, "callers batch hashes");
+        let req = pb::GetBlobsRequest { hashes: hashes.iter().map(|h| h.as_bytes().to_vec()).collect() };
+        let stream = self.inner.get_blobs(req).await.map_err(|s| self.refused(s))?.into_inner();
+        frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
+    }
+
+    /// The signature of a blob the mirror has.
+    ///
+    /// # Errors
+    ///
+    /// Refusals; an oversized signature.
+    pub async fn signature(&mut self, h: Hash) -> Result<Vec<u8>, ClientError> {
+        let req = pb::GetSignatureRequest { hash: h.as_bytes().to_vec() };
+        let mut stream = self.inner.get_signature(req).await.map_err(|s| self.refused(s))?.into_inner();
+        let mut sig = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(|s| self.refused(s))? {
+            if sig.len() + chunk.data.len() > crate::delta::MAX_SIGNATURE_BYTES {
+                return Err(self.invalid("signature", "larger than the limit"));
+            }
+            sig.extend_from_slice(&chunk.data);
+        }
+        Ok(sig)
+    }
+
+    /// Downloads blob `h` as a delta against a local base described by `signature`.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, stream failures, `handle`'s errors.
+    pub(crate) async fn get_delta<H>(
+        &mut self,
+        h: Hash,
+        signature: Vec<u8>,
+        receiver: FrameReceiver,
+        handle: H,
+    ) -> Result<(), ClientError>
+    where
+        H: FnMut(Incoming) -> Result<(), FrameError> + Send + 'static,
+    {
+        let req = pb::GetDeltaRequest { hash: h.as_bytes().to_vec(), signature };
+        let stream = self.inner.get_delta(req).await.map_err(|s| self.refused(s))?.into_inner();
+        frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
+    }
+
+    /// Commits a manifest under `key`; returns the snapshot and whether it was unchanged.
+    ///
+    /// # Errors
+    ///
+    /// Refusals (missing blobs, bad key).
+    pub async fn commit(
+        &mut self,
+        key: &str,
+        manifest: &Manifest,
+        profile: &str,
+    ) -> Result<(SnapshotRecord, bool), ClientError> {
+        use pb::commit_frame::Frame;
+        let bytes = manifest.encode();
+        let header = pb::CommitHeader {
+            key: key.to_string(),
+            manifest_id: Hash::of(&bytes).as_bytes().to_vec(),
+            manifest_size: bytes.len() as u64,
+            profile: profile.to_string(),
+        };
+        let mut frames_ = vec![pb::CommitFrame { frame: Some(Frame::Header(header)) }];
+        frames_
+            .extend(bytes.chunks(MAX_CHUNK).map(|c| pb::CommitFrame { frame: Some(Frame::ManifestChunk(c.to_vec())) }));
+        let resp = self.inner.commit(futures::stream::iter(frames_)).await.map_err(|s| self.refused(s))?.into_inner();
+        let snapshot = resp.snapshot.ok_or_else(|| self.invalid("commit response", "no snapshot"))?;
+        let record = SnapshotRecord::try_from(snapshot).map_err(|e| self.invalid("snapshot", e))?;
+        Ok((record, resp.unchanged))
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,351 @@
+//! Blob framing: whole files and deltas as bounded, optionally zstd-compressed
+//! [`pb::BlobFrame`]s, and the receiving state machine that writes them to
+//! staging files and verifies every whole blob against its blake3.
+//!
+//! Both sides use it: the client to push and pull, the server to receive
+//! pushes and serve pulls. Sending and receiving are blocking (file I/O);
+//! callers run them on the blocking pool.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::MAX_CHUNK;
+use super::pb;
+use crate::hash::{Hash, Hasher};
+
+/// Why a blob stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer broke the framing rules.
+    #[error("protocol error in blob stream: {0}")]
+    Protocol(String),
+    /// A whole blob whose bytes do not hash to its name; nothing was kept.
+    #[error("blob {expected} arrived with blake3 {actual}: refused")]
+    HashMismatch {
+        /// The hash it was sent as.
+        expected: Hash,
+        /// The hash of what arrived.
+        actual: Hash,
+    },
+    /// A local file changed while it was being sent.
+    #[error("{} changed while it was being sent; run again", path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The other side ended the stream with an error.
+    #[error("transfer interrupted: {0}")]
+    Interrupted(String),
+    /// The receiving side went away.
+    #[error("the receiving side closed the stream")]
+    Gone,
+    /// Local I/O.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        #[source]
+        source: io::Error,
+    },
+    /// What the caller did with a received blob failed.
+    #[error("{0}")]
+    Handler(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FrameError + '_ {
+    move |source| FrameError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where frames go: returns `Err(Gone)` once the other side hung up.
+pub(crate) type Send<'a> = dyn FnMut(pb::BlobFrame) -> Result<(), FrameError> + 'a;
+
+fn compress(data: Vec<u8>, level: i32) -> (Vec<u8>, bool) {
+    if level > 0
+        && data.len() >= 512
+        && let Ok(c) = zstd::bulk::compress(&data, level)
+        && c.len() < data.len() - data.len() / 16
+    {
+        return (c, true);
+    }
+    (data, false)
+}
+
+/// Sends the file at `path` as blob `hash` of `size` bytes, checking on the
+/// way that it still hashes to `hash`.
+///
+/// # Errors
+///
+/// [`FrameError::Changed`] if the content no longer matches; I/O; `Gone`.
+pub(crate) fn send_file(
+    path: &Path,
+    hash: Hash,
+    size: u64,
+    level: i32,
+    send: &mut Send<'_>,
+    progress: &dyn Fn(u64),
+) -> Result<(), FrameError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Hasher::new();
+    let mut sent = 0u64;
+    loop {
+        let want = (size - sent).min(MAX_CHUNK as u64) as usize;
+        let mut buf = vec![0u8; want];
+        file.read_exact(&mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Changed { path: path.to_path_buf() },
+            _ => FrameError::Io { path: path.to_path_buf(), source: e },
+        })?;
+        hasher.update(&buf);
+        sent += want as u64;
+        let last = sent == size;
+        if last && hasher.finalize() != hash {
+            return Err(FrameError::Changed { path: path.to_path_buf() });
+        }
+        let first = sent == want as u64;
+        let (data, zstd) = compress(buf, level);
+        send(pb::BlobFrame {
+            hash: if first { hash.as_bytes().to_vec() } else { Vec::new() },
+            size: if first { size } else { 0 },
+            delta_base: Vec::new(),
+            data,
+            zstd,
+            last,
+        })?;
+        progress(want as u64);
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// A `Write` that turns a delta into frames of blob `hash` against `base`.
+pub(crate) struct DeltaWriter<'a, 'b> {
+    hash: Hash,
+    size: u64,
+    base: Hash,
+    level: i32,
+    buf: Vec<u8>,
+    started: bool,
+    send: &'a mut Send<'b>,
+}
+
+impl<'a, 'b> DeltaWriter<'a, 'b> {
+    pub(crate) fn new(hash: Hash, size: u64, base: Hash, level: i32, send: &'a mut Send<'b>) -> Self {
+        DeltaWriter { hash, size, base, level, buf: Vec::with_capacity(MAX_CHUNK), started: false, send }
+    }
+
+    fn emit(&mut self, last: bool) -> Result<(), FrameError> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(if last { 0 } else { MAX_CHUNK }));
+        let (data, zstd) = compress(data, self.level);
+        let first = !self.started;
+        self.started = true;
+        (self.send)(pb::BlobFrame {
+            hash: if first { self.hash.as_bytes().to_vec() } else { Vec::new() },
+            size: if first { self.size } else { 0 },
+            delta_base: if first { self.base.as_bytes().to_vec() } else { Vec::new() },
+            data,
+            zstd,
+            last,
+        })
+    }
+
+    /// Sends the final frame.
+    pub(crate) fn finish(mut self) -> Result<(), FrameError> {
+        self.emit(true)
+    }
+}
+
+impl Write for DeltaWriter<'_, '_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(MAX_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == MAX_CHUNK {
+            self.emit(false).map_err(io::Error::other)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A blob received completely into a staging file.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    /// Its name.
+    pub hash: Hash,
+    /// Its size (of the content, not of a delta).
+    pub size: u64,
+    /// For a delta: the base it applies to; the staged file holds the delta.
+    pub delta_base: Option<Hash>,
+    /// The staging file; verified against `hash` when this is whole content.
+    pub staged: PathBuf,
+}
+
+struct Current {
+    incoming: Incoming,
+    file: BufWriter<File>,
+    hasher: Hasher,
+    written: u64,
+    limit: u64,
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        // Reached only for a blob that did not complete: its bytes are garbage.
+        let _ = std::fs::remove_file(&self.incoming.staged);
+    }
+}
+
+/// A factory of new staging files.
+pub(crate) type Staging = Box<dyn FnMut() -> io::Result<(PathBuf, File)> + std::marker::Send>;
+
+/// Receives frames into staging files, one blob at a time.
+pub(crate) struct FrameReceiver {
+    staging: Staging,
+    current: Option<Current>,
+    /// Largest blob accepted.
+    max_size: u64,
+}
+
+/// Most bytes a delta for a `size`-byte blob may take (literals plus framing).
+fn max_delta_len(size: u64) -> u64 {
+    size.saturating_add(size / 8).saturating_add(1 << 20)
+}
+
+impl FrameReceiver {
+    pub(crate) fn new(staging: Staging, max_size: u64) -> Self {
+        FrameReceiver { staging, current: None, max_size }
+    }
+
+    /// Takes one frame; returns the blob it completed, if any.
+    ///
+    /// # Errors
+    ///
+    /// Protocol violations, hash mismatches, I/O.
+    pub(crate) fn accept(&mut self, frame: pb::BlobFrame) -> Result<Option<Incoming>, FrameError> {
+        let proto = |m: &str| Err(FrameError::Protocol(m.to_string()));
+        match (&self.current, frame.hash.is_empty()) {
+            (None, true) => return proto("data frame without a blob header"),
+            (Some(_), false) => return proto("new blob before the previous one ended"),
+            (None, false) => self.start(&frame)?,
+            (Some(_), true) => {}
+        }
+        let cur = self.current.as_mut().expect("started above");
+        let data = if frame.zstd {
+            zstd::bulk::decompress(&frame.data, MAX_CHUNK)
+                .map_err(|e| FrameError::Protocol(format!("bad zstd chunk: {e}")))?
+        } else {
+            frame.data
+        };
+        if data.len() > MAX_CHUNK || cur.written + data.len() as u64 > cur.limit {
+            return proto("blob larger than announced");
+        }
+        cur.written += data.len() as u64;
+        cur.hasher.update(&data);
+        let path = cur.incoming.staged.clone();
+        cur.file.write_all(&data).map_err(io_err(&path))?;
+        if !frame.last {
+            return Ok(None);
+        }
+        let mut cur = self.current.take().expect("present");
+        cur.file.flush().map_err(io_err(&path))?;
+        if cur.incoming.delta_base.is_none() {
+            let actual = cur.hasher.finalize();
+            if actual != cur.incoming.hash || cur.written != cur.incoming.size {
+                return Err(FrameError::HashMismatch { expected: cur.incoming.hash, actual });
+            }
+        }
+        let incoming = std::mem::replace(
+            &mut cur.incoming,
+            Incoming { hash: Hash::from_bytes([0; 32]), size: 0, delta_base: None, staged: PathBuf::new() },
+        );
+        Ok(Some(incoming))
+    }
+
+    fn start(&mut self, frame: &pb::BlobFrame) -> Result<(), FrameError> {
+        let hash =
+            Hash::from_slice(&frame.hash).map_err(|_| FrameError::Protocol("blob hash is not 32 bytes".into()))?;
+        let delta_base = match frame.delta_base.len() {
+            0 => None,
+            _ => Some(
+                Hash::from_slice(&frame.delta_base)
+                    .map_err(|_| FrameError::Protocol("delta base is not 32 bytes".into()))?,
+            ),
+        };
+        if frame.size > self.max_size {
+            return Err(FrameError::Protocol(format!("blob of {} bytes exceeds the limit", frame.size)));
+        }
+        let (staged, file) = (self.staging)().map_err(|e| FrameError::Io { path: "staging file".into(), source: e })?;
+        let limit = if delta_base.is_some() { max_delta_len(frame.size) } else { frame.size };
+        self.current = Some(Current {
+            incoming: Incoming { hash, size: frame.size, delta_base, staged },
+            file: BufWriter::with_capacity(256 << 10, file),
+            hasher: Hasher::new(),
+            written: 0,
+            limit,
+        });
+        Ok(())
+    }
+
+    /// Checks that the stream did not end inside a blob.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::Protocol`] when a blob is incomplete.
+    pub(crate) fn finish(&mut self) -> Result<(), FrameError> {
+        match self.current.take() {
+            None => Ok(()),
+            Some(_) => Err(FrameError::Protocol("stream ended inside a blob".into())),
+        }
+    }
+}
+
+/// Feeds a gRPC stream of frames to `receiver` on the blocking pool, calling
+/// `handle` (also on the blocking pool) for every completed blob.
+///
+/// # Errors
+///
+/// The first failure: of the transport, the framing, or `handle`.
+pub(crate) async fn receive_blobs<H>(
+    mut stream: tonic::Streaming<pb::BlobFrame>,
+    mut receiver: FrameReceiver,
+    mut handle: H,
+) -> Result<(), FrameError>
+where
+    H: FnMut(Incoming) -> Result<(), FrameError> + std::marker::Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::BlobFrame>(8);
+    let worker = tokio::task::spawn_blocking(move || -> Result<(), FrameError> {
+        while let Some(frame) = rx.blocking_recv() {
+            if let Some(incoming) = receiver.accept(frame)? {
+                handle(incoming)?;
+            }
+        }
+        receiver.finish()
+    });
+    let mut broken = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(frame)) => {
+                if tx.send(frame).await.is_err() {
+                    break; // the worker failed; its error is the one to report
+                }
+            }
+            Ok(None) => break,
+            Err(status) => {
+                broken = Some(status);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let result = worker.await.map_err(|e| FrameError::Handler(format!("receiver task failed: {e}")))?;
+    match (result, broken) {
+        (Err(e @ (FrameError::HashMismatch { .. } | FrameError::Handler(_) | FrameError::Io { .. })), _) => Err(e),
+        (_, Some(status)) => Err(FrameError::Interrupted(status.message().to_string())),
+        (result, None) => result,
+    }
+}

@@ -1,0 +1,324 @@
+//! The gRPC service over a [`Store`]: what a mirror serves.
+//!
+//! Every request is bounded and validated before it touches the store; blob
+//! streams are received and sent on the blocking pool through [`frames`].
+//! Errors become statuses only through [`ServerError`].
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use super::frames::{self, FrameError, FrameReceiver, Incoming};
+use super::pb::cache_sync_server::{CacheSync, CacheSyncServer};
+use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use super::{ServerError, hash_from, hashes_from, pb};
+use crate::delta;
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::store::{self, NewSnapshot, Store};
+
+/// The service as tonic serves it: protocol check in front of the generated server.
+pub type GrpcService = tonic::service::interceptor::InterceptedService<CacheSyncServer<MirrorService>, ProtocolCheck>;
+/// The interceptor that checks the protocol header.
+pub type ProtocolCheck = fn(Request<()>) -> Result<Request<()>, Status>;
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Limits and tuning of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// zstd level for blobs sent (0 turns compression off).
+    pub compression_level: i32,
+    /// Largest blob accepted.
+    pub max_blob_bytes: u64,
+}
+
+/// The service over a store.
+#[derive(Clone)]
+pub struct MirrorService {
+    store: Store,
+    options: ServiceOptions,
+}
+
+/// Checks the protocol header of every call.
+///
+/// # Errors
+///
+/// `FAILED_PRECONDITION` naming both versions.
+#[allow(clippy::result_large_err)]
+pub fn check_protocol(req: Request<()>) -> Result<Request<()>, Status> {
+    let theirs = req.metadata().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("none");
+    if theirs == PROTOCOL_VERSION.to_string() {
+        return Ok(req);
+    }
+    Err(Status::failed_precondition(format!(
+        "protocol version mismatch: the client speaks {theirs}, this server speaks {PROTOCOL_VERSION}"
+    )))
+}
+
+impl MirrorService {
+    /// A service over `store`.
+    pub fn new(store: Store, options: ServiceOptions) -> Self {
+        MirrorService { store, options }
+    }
+
+    /// The tonic service, with the protocol check and message bounds.
+    pub fn into_server(self) -> GrpcService {
+        let server =
+            CacheSyncServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+        tonic::service::interceptor::InterceptedService::new(server, check_protocol as fn(_) -> _)
+    }
+
+    fn handle_incoming(store: &Store, incoming: Incoming, rejected: &mut Vec<Vec<u8>>) -> Result<(), FrameError> {
+        let rt = Handle::current();
+        let handler = |e: store::StoreError| FrameError::Handler(e.to_string());
+        let Some(base) = incoming.delta_base else {
+            return rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)).map_err(handler);
+        };
+        let base_file = rt.block_on(store.blob_file(&base));
+        let out = store.staging_file().map_err(handler)?.0;
+        let _ = std::fs::remove_file(&out);
+        let applied = base_file.map_err(handler).and_then(|base_file| {
+            delta::apply_files(&base_file.path, &incoming.staged, &out, incoming.hash, incoming.size, false)
+                .map_err(|e| FrameError::Handler(e.to_string()))
+        });
+        let _ = std::fs::remove_file(&incoming.staged);
+        match applied {
+            Ok(()) => rt.block_on(store.publish_blob(&incoming.hash, &out)).map_err(handler),
+            Err(e) => {
+                info!(blob = %incoming.hash, base = %base, error = %e, "delta refused; the client will send it whole");
+                rejected.push(incoming.hash.as_bytes().to_vec());
+                Ok(())
+            }
+        }
+    }
+}
+
+fn chunked(bytes: Bytes) -> Stream_<pb::Chunk> {
+    let chunks: Vec<Result<pb::Chunk, Status>> =
+        bytes.chunks(MAX_CHUNK).map(|c| Ok(pb::Chunk { data: c.to_vec() })).collect();
+    Box::pin(futures::stream::iter(chunks))
+}
+
+fn frame_status(e: FrameError) -> Status {
+    match e {
+        FrameError::HashMismatch { .. } | FrameError::Protocol(_) => Status::invalid_argument(e.to_string()),
+        other => ServerError::BadRequest(other.to_string()).into(),
+    }
+}
+
+#[tonic::async_trait]
+impl CacheSync for MirrorService {
+    async fn hello(&self, _req: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
+        Ok(Response::new(pb::HelloResponse {
+            protocol: PROTOCOL_VERSION,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            max_chunk: MAX_CHUNK as u32,
+            max_hashes: MAX_HASHES as u32,
+        }))
+    }
+
+    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
+        let req = req.into_inner();
+        store::check_key(&req.key).map_err(ServerError::from)?;
+        for p in &req.restore_prefixes {
+            store::check_prefix(p).map_err(ServerError::from)?;
+        }
+        if req.restore_prefixes.len() > 64 {
+            return Err(ServerError::BadRequest("more than 64 restore prefixes".into()).into());
+        }
+        let found = self.store.resolve(&req.key, &req.restore_prefixes).await.map_err(ServerError::from)?;
+        Ok(Response::new(pb::ResolveResponse { snapshot: found.map(Into::into) }))
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let prefix = req.into_inner().prefix;
+        let list = self.store.list_latest(&prefix).await.map_err(ServerError::from)?;
+        Ok(Response::new(pb::ListKeysResponse { snapshots: list.into_iter().map(Into::into).collect() }))
+    }
+
+    type GetManifestStream = Stream_<pb::Chunk>;
+
+    async fn get_manifest(
+        &self,
+        req: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<Self::GetManifestStream>, Status> {
+        let id = hash_from(&req.into_inner().manifest_id, "manifest id")?;
+        let bytes = self.store.get_manifest(&id).await.map_err(ServerError::from)?;
+        Ok(Response::new(chunked(bytes)))
+    }
+
+    async fn missing_blobs(
+        &self,
+        req: Request<pb::MissingBlobsRequest>,
+    ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let hashes = hashes_from(&req.into_inner().hashes, "missing blobs")?;
+        let missing = self.store.missing(&hashes).await.map_err(ServerError::from)?;
+        Ok(Response::new(pb::MissingBlobsResponse { missing: missing.iter().map(|h| h.as_bytes().to_vec()).collect() }))
+    }
+
+    async fn put_blobs(
+        &self,
+        req: Request<Streaming<pb::BlobFrame>>,
+    ) -> Result<Response<pb::PutBlobsResponse>, Status> {
+        let store = self.store.clone();
+        let staging_store = store.clone();
+        let receiver = FrameReceiver::new(
+            Box::new(move || staging_store.staging_file().map_err(std::io::Error::other)),
+            self.options.max_blob_bytes,
+        );
+        let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
+        let shared = counts.clone();
+        frames::receive_blobs(req.into_inner(), receiver, move |incoming| {
+            let mut guard = shared.lock().expect("counts lock");
+            guard.0 += 1;
+            Self::handle_incoming(&store, incoming, &mut guard.1)
+        })
+        .await
+        .map_err(frame_status)?;
+        let (stored, rejected) = std::mem::take(&mut *counts.lock().expect("counts lock"));
+        debug!(stored, rejected = rejected.len(), "blobs received");
+        Ok(Response::new(pb::PutBlobsResponse { stored, already_present: 0, rejected_deltas: rejected }))
+    }
+
+    type GetBlobsStream = Stream_<pb::BlobFrame>;
+
+    async fn get_blobs(&self, req: Request<pb::GetBlobsRequest>) -> Result<Response<Self::GetBlobsStream>, Status> {
+        let hashes = hashes_from(&req.into_inner().hashes, "get blobs")?;
+        let (tx, rx) = mpsc::channel(8);
+        let store = self.store.clone();
+        let level = self.options.compression_level;
+        tokio::task::spawn_blocking(move || {
+            let rt = Handle::current();
+            let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
+            for h in hashes {
+                let result = rt.block_on(store.blob_file(&h)).map_err(ServerError::from).and_then(|file| {
+                    let size = std::fs::metadata(&file.path).map_err(|e| ServerError::BadRequest(e.to_string()))?.len();
+                    frames::send_file(&file.path, h, size, level, &mut send, &|_| {}).map_err(|e| match e {
+                        FrameError::Changed { .. } => ServerError::Corrupt(h),
+                        other => ServerError::Precondition(other.to_string()),
+                    })
+                });
+                if let Err(e) = result {
+                    let _ = tx.blocking_send(Err(e.into()));
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type GetSignatureStream = Stream_<pb::Chunk>;
+
+    async fn get_signature(
+        &self,
+        req: Request<pb::GetSignatureRequest>,
+    ) -> Result<Response<Self::GetSignatureStream>, Status> {
+        let h = hash_from(&req.into_inner().hash, "signature base")?;
+        let file = self.store.blob_file(&h).await.map_err(ServerError::from)?;
+        let sig = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ServerError> {
+            let mapped = delta::Mapped::open(&file.path)?;
+            Ok(delta::signature(mapped.bytes()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(chunked(Bytes::from(sig))))
+    }
+
+    type GetDeltaStream = Stream_<pb::BlobFrame>;
+
+    async fn get_delta(&self, req: Request<pb::GetDeltaRequest>) -> Result<Response<Self::GetDeltaStream>, Status> {
+        let req = req.into_inner();
+        let h = hash_from(&req.hash, "delta target")?;
+        let file = self.store.blob_file(&h).await.map_err(ServerError::from)?;
+        let level = self.options.compression_level;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> Result<(), ServerError> {
+                let mapped = delta::Mapped::open(&file.path)?;
+                let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
+                let size = mapped.bytes().len() as u64;
+                let mut writer = frames::DeltaWriter::new(h, size, Hash::from_bytes([0; 32]), level, &mut send);
+                delta::diff(&req.signature, mapped.bytes(), &mut writer)?;
+                writer.finish().map_err(|e| ServerError::Precondition(e.to_string()))
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit(&self, req: Request<Streaming<pb::CommitFrame>>) -> Result<Response<pb::CommitResponse>, Status> {
+        let (header, bytes) = read_commit(req.into_inner()).await?;
+        let id = hash_from(&header.manifest_id, "manifest id")?;
+        store::check_key(&header.key).map_err(ServerError::from)?;
+        if Hash::of(&bytes) != id {
+            return Err(ServerError::BadRequest("manifest bytes do not match the manifest id".into()).into());
+        }
+        let manifest = tokio::task::spawn_blocking(move || Manifest::decode(&bytes).map(|m| (m, bytes)))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (manifest, bytes) = manifest.map_err(ServerError::from)?;
+        let mut hashes: Vec<Hash> = manifest.entries().iter().filter_map(|e| e.file_hash()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let missing = self.store.missing(&hashes).await.map_err(ServerError::from)?;
+        if !missing.is_empty() {
+            return Err(ServerError::Precondition(format!(
+                "snapshot names {} blobs the mirror does not have (first: {}); push them first",
+                missing.len(),
+                missing[0]
+            ))
+            .into());
+        }
+        self.store.put_manifest(&id, Bytes::from(bytes)).await.map_err(ServerError::from)?;
+        let committed = self
+            .store
+            .commit(NewSnapshot {
+                key: header.key,
+                manifest: id,
+                files: manifest.file_count(),
+                bytes: manifest.total_bytes(),
+                profile: header.profile,
+            })
+            .await
+            .map_err(ServerError::from)?;
+        let s = &committed.snapshot;
+        info!(key = %s.key, generation = s.generation, files = s.files, bytes = s.bytes, unchanged = committed.unchanged, "snapshot committed");
+        Ok(Response::new(pb::CommitResponse {
+            snapshot: Some(committed.snapshot.into()),
+            unchanged: committed.unchanged,
+        }))
+    }
+}
+
+async fn read_commit(mut stream: Streaming<pb::CommitFrame>) -> Result<(pb::CommitHeader, Vec<u8>), Status> {
+    use pb::commit_frame::Frame;
+    let header = match stream.message().await? {
+        Some(pb::CommitFrame { frame: Some(Frame::Header(h)) }) => h,
+        _ => return Err(ServerError::BadRequest("commit must start with a header".into()).into()),
+    };
+    if header.manifest_size > MAX_MANIFEST {
+        return Err(ServerError::BadRequest(format!("manifest larger than {MAX_MANIFEST} bytes")).into());
+    }
+    let mut bytes = Vec::with_capacity(header.manifest_size as usize);
+    while let Some(frame) = stream.message().await? {
+        match frame.frame {
+            Some(Frame::ManifestChunk(c)) if bytes.len() + c.len() <= header.manifest_size as usize => {
+                bytes.extend_from_slice(&c)
+            }
+            _ => return Err(ServerError::BadRequest("unexpected or oversized commit frame".into()).into()),
+        }
+    }
+    if bytes.len() as u64 != header.manifest_size {
+        return Err(ServerError::BadRequest("manifest shorter than announced".into()).into());
+    }
+    Ok((header, bytes))
+}

@@ -1,0 +1,234 @@
+//! Scanning a root: walk it, and build its [`Manifest`].
+//!
+//! Files whose (size, mtime, inode) match the hash cache are not read; the
+//! others are hashed in parallel on rayon's pool, large ones memory-mapped.
+//! Names that are not UTF-8, special files and symlinks that leave the root
+//! are skipped with a warning. This module reads; it never writes to the root.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use tracing::{debug, warn};
+
+use crate::hash::cache::{FileKey, HashCache};
+use crate::hash::{self, Hash};
+use crate::manifest::{self, Content, Entry, Manifest, ManifestError};
+use crate::profile::Profile;
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// Reading the tree failed at a path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tree produced an invalid manifest (should not happen for a real tree).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// A finished scan.
+#[derive(Debug)]
+pub struct Scan {
+    /// The root's manifest.
+    pub manifest: Manifest,
+    /// Files read and hashed (not found in the cache).
+    pub hashed_files: u64,
+    /// Bytes read and hashed.
+    pub hashed_bytes: u64,
+}
+
+/// A file seen by the walk, before hashing.
+struct Pending {
+    entry: Entry,
+    key: FileKey,
+}
+
+/// Scans `root`, reusing and then refreshing `cache`.
+///
+/// # Errors
+///
+/// [`ScanError::Io`] naming the path that could not be read.
+pub fn scan(root: &Path, profile: Profile, cache: &mut HashCache) -> Result<Scan, ScanError> {
+    let started = SystemTime::now();
+    let (mut entries, pending) = walk(root, profile)?;
+    let results: Vec<Result<Option<(Pending, bool)>, ScanError>> =
+        pending.into_par_iter().map(|p| hash_pending(root, p, cache)).collect();
+    let (mut hashed_files, mut hashed_bytes) = (0, 0);
+    let mut fresh = HashCache::default();
+    // A file modified in the last two seconds could change again within the
+    // same mtime tick: never trust its cache entry next time.
+    let racy = nanos(started.checked_sub(Duration::from_secs(2)).unwrap_or(UNIX_EPOCH));
+    for result in results {
+        let Some((p, was_hashed)) = result? else { continue };
+        if was_hashed {
+            hashed_files += 1;
+            hashed_bytes += p.entry.size;
+        }
+        if p.key.mtime_ns < racy {
+            let h = p.entry.file_hash().expect("pending entries are files");
+            fresh.insert(p.entry.path.clone(), p.key, h);
+        }
+        entries.push(p.entry);
+    }
+    *cache = fresh;
+    let manifest = Manifest::new(entries)?;
+    debug!(root = %root.display(), entries = manifest.entries().len(), hashed_files, "scan finished");
+    Ok(Scan { manifest, hashed_files, hashed_bytes })
+}
+
+fn walk(root: &Path, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), ScanError> {
+    let (mut entries, mut pending) = (Vec::new(), Vec::new());
+    let walker = walkdir::WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
+    let walker = walker.filter_entry(|e| match rel_path(root, e.path()) {
+        Some(rel) => !profile.skips(&rel),
+        None => true,
+    });
+    for item in walker {
+        let item = item.map_err(|e| walk_error(root, e))?;
+        let Some(rel) = rel_path(root, item.path()) else {
+            warn!(path = %item.path().display(), "skipping a name that is not UTF-8");
+            continue;
+        };
+        let meta = item.metadata().map_err(|e| walk_error(root, e))?;
+        let base = |content| Entry {
+            path: rel.clone(),
+            size: 0,
+            mode: meta.permissions().mode() & manifest::MODE_MASK,
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            content,
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            entries.push(base(Content::Dir));
+        } else if ft.is_file() {
+            let key = FileKey { size: meta.len(), mtime_ns: base(Content::Dir).mtime_ns, ino: meta.ino() };
+            let mut entry = base(Content::File(Hash::from_bytes([0; 32])));
+            entry.size = meta.len();
+            pending.push(Pending { entry, key });
+        } else if ft.is_symlink() {
+            if let Some(entry) = symlink_entry(item.path(), &rel, base(Content::Dir)) {
+                entries.push(entry);
+            }
+        } else {
+            debug!(path = %rel, "skipping a special file");
+        }
+    }
+    Ok((entries, pending))
+}
+
+fn symlink_entry(path: &Path, rel: &str, mut entry: Entry) -> Option<Entry> {
+    let target = std::fs::read_link(path).ok()?;
+    let Some(target) = target.to_str() else {
+        warn!(path = %rel, "skipping a symlink whose target is not UTF-8");
+        return None;
+    };
+    if let Err(e) = manifest::check_symlink_target(rel, target) {
+        warn!(path = %rel, "skipping symlink: {e}");
+        return None;
+    }
+    entry.mode = 0o777;
+    entry.content = Content::Symlink(target.to_string());
+    Some(entry)
+}
+
+fn hash_pending(root: &Path, mut p: Pending, cache: &HashCache) -> Result<Option<(Pending, bool)>, ScanError> {
+    if let Some(h) = cache.get(&p.entry.path, &p.key) {
+        p.entry.content = Content::File(h);
+        return Ok(Some((p, false)));
+    }
+    let full = root.join(&p.entry.path);
+    match hash::hash_file(&full) {
+        Ok((h, len)) => {
+            p.entry.content = Content::File(h);
+            if len != p.entry.size {
+                // Changed while we looked: describe what we hashed, never cache it.
+                p.entry.size = len;
+                p.key.mtime_ns = i64::MAX;
+            }
+            Ok(Some((p, true)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ScanError::Io { path: full, source }),
+    }
+}
+
+/// The root-relative, `/`-separated UTF-8 path of `path`.
+fn rel_path(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let s = rel.to_str()?;
+    Some(s.to_string())
+}
+
+fn walk_error(root: &Path, e: walkdir::Error) -> ScanError {
+    let path = e.path().unwrap_or(root).to_path_buf();
+    let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+    ScanError::Io { path, source }
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn old(path: &Path) {
+        let t = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_mtime(path, t).unwrap();
+    }
+
+    #[test]
+    fn scan_sees_files_dirs_symlinks_and_skips_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::write(r.join("a/b/ü.txt"), b"hi").unwrap();
+        std::fs::write(r.join("empty"), b"").unwrap();
+        symlink("b/ü.txt", r.join("a/ok")).unwrap();
+        symlink("/etc/passwd", r.join("evil")).unwrap();
+        std::fs::create_dir_all(r.join(".cachesync.tmp")).unwrap();
+        std::fs::write(r.join(".cachesync.tmp/partial"), b"x").unwrap();
+        let s = scan(r, Profile::Generic, &mut HashCache::default()).unwrap();
+        let paths: Vec<_> = s.manifest.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a", "a/b", "a/b/ü.txt", "a/ok", "empty"]);
+        assert_eq!(s.manifest.get("a/b/ü.txt").unwrap().file_hash(), Some(Hash::of(b"hi")));
+        assert_eq!(s.manifest.get("a/ok").unwrap().content, Content::Symlink("b/ü.txt".into()));
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for i in 0..10 {
+            std::fs::write(r.join(format!("f{i}")), format!("content {i}")).unwrap();
+            old(&r.join(format!("f{i}")));
+        }
+        let mut cache = HashCache::default();
+        assert_eq!(scan(r, Profile::Generic, &mut cache).unwrap().hashed_files, 10);
+        assert_eq!(scan(r, Profile::Generic, &mut cache).unwrap().hashed_files, 0);
+        std::fs::write(r.join("f3"), b"changed, and longer").unwrap();
+        old(&r.join("f3"));
+        let s = scan(r, Profile::Generic, &mut cache).unwrap();
+        assert_eq!(s.hashed_files, 1);
+        assert_eq!(s.manifest.get("f3").unwrap().file_hash(), Some(Hash::of(b"changed, and longer")));
+    }
+
+    #[test]
+    fn recently_modified_files_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("new"), b"x").unwrap();
+        let mut cache = HashCache::default();
+        scan(dir.path(), Profile::Generic, &mut cache).unwrap();
+        assert!(cache.is_empty());
+    }
+}

@@ -1,0 +1,339 @@
+//! The mirror's store: blobs, manifests and snapshots over `object_store`.
+//!
+//! Layout (object paths):
+//! - `blobs/<2 hex>/<64 hex>`: file contents, addressed by blake3, stored once;
+//! - `manifests/<64 hex>`: canonical manifest bytes, addressed by blake3;
+//! - `keys/<key>/@snap/<generation, 20 digits>`: a snapshot record (JSON).
+//!
+//! Everything is immutable. A key's newest snapshot record *is* its ref: it is
+//! created last, with a conditional put (`PutMode::Create`), after the blobs it
+//! names are durable and its manifest is stored, so two writers can never take
+//! the same generation and a reader never sees a snapshot with missing parts.
+//!
+//! Blobs arrive through a staging file that the receiver has verified against
+//! its blake3; on the local file system they are renamed into place and made
+//! durable by one `syncfs` before the snapshot that names them is committed,
+//! instead of one fsync per blob. This module knows nothing about gRPC.
+
+mod keys;
+mod snapshots;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+pub use keys::{check_key, check_prefix};
+pub use snapshots::{Committed, NewSnapshot};
+
+use crate::hash::Hash;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A key or prefix that is not allowed.
+    #[error("invalid key {key:?}: {why}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A stored object that cannot be read back.
+    #[error("corrupt store object {what}: {why}")]
+    Corrupt {
+        /// Which object.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A store location this build cannot open.
+    #[error("cannot open store {location:?}: {why}")]
+    Unsupported {
+        /// The location given.
+        location: String,
+        /// Why.
+        why: String,
+    },
+    /// Local file I/O.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The object store backend failed.
+    #[error("store {what}: {source}")]
+    Backend {
+        /// Which operation and object.
+        what: String,
+        /// The backend's error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A snapshot: a manifest committed under a key with a generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// The key.
+    pub key: String,
+    /// 1 for the first snapshot of a key, then increasing.
+    pub generation: u64,
+    /// Hex blake3 of the manifest.
+    pub manifest: String,
+    /// Regular files in the manifest.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// When it was committed.
+    pub created_unix_ms: i64,
+    /// The profile of the root it came from.
+    pub profile: String,
+}
+
+impl SnapshotRecord {
+    /// The manifest id as a [`Hash`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] if the record holds no valid hash.
+    pub fn manifest_id(&self) -> Result<Hash> {
+        Hash::from_hex(&self.manifest).map_err(|_| StoreError::Corrupt {
+            what: format!("snapshot {}#{}", self.key, self.generation),
+            why: "bad manifest id".into(),
+        })
+    }
+}
+
+/// A blob's content as a local file (the blob itself, or a downloaded copy
+/// that is removed when this is dropped).
+pub struct BlobFile {
+    /// Where to read it.
+    pub path: PathBuf,
+    temporary: bool,
+}
+
+impl Drop for BlobFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The mirror's store.
+#[derive(Clone)]
+pub struct Store {
+    blobs: Arc<dyn ObjectStore>,
+    durable: Arc<dyn ObjectStore>,
+    local_root: Option<PathBuf>,
+    staging: PathBuf,
+    counter: Arc<AtomicU64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) a store at a local directory or `file://` URL.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unsupported`] for other URL schemes; I/O errors creating it.
+    pub fn open(location: &str) -> Result<Store> {
+        let dir = match location.split_once("://") {
+            None => PathBuf::from(location),
+            Some(("file", path)) => PathBuf::from(path),
+            Some((scheme, _)) => {
+                return Err(StoreError::Unsupported {
+                    location: location.into(),
+                    why: format!("{scheme}:// stores are not supported by this build"),
+                });
+            }
+        };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        let staging = dir.join("tmp");
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        // Staged files of a process that died are garbage: nothing names them.
+        for entry in std::fs::read_dir(&staging).map_err(io(&staging))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let open = |fsync: bool| -> Result<Arc<dyn ObjectStore>> {
+            let fs = LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|source| StoreError::Backend { what: format!("open {}", dir.display()), source })?;
+            Ok(Arc::new(fs.with_fsync(fsync)))
+        };
+        Ok(Store {
+            blobs: open(false)?,
+            durable: open(true)?,
+            local_root: Some(std::fs::canonicalize(&dir).map_err(io(&dir))?),
+            staging,
+            counter: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn blob_path(h: &Hash) -> ObjPath {
+        let hex = h.to_hex();
+        ObjPath::from(format!("blobs/{}/{}", &hex[..2], hex))
+    }
+
+    /// True when the store holds the blob.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors other than "not found".
+    pub async fn has_blob(&self, h: &Hash) -> Result<bool> {
+        match self.blobs.head(&Self::blob_path(h)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StoreError::Backend { what: format!("head blob {h}"), source }),
+        }
+    }
+
+    /// The hashes among `hashes` that the store lacks, in their order.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    pub async fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        let found: Vec<(Hash, bool)> = futures::stream::iter(hashes.iter().copied())
+            .map(|h| async move { self.has_blob(&h).await.map(|has| (h, has)) })
+            .buffered(64)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().filter(|(_, has)| !has).map(|(h, _)| h).collect())
+    }
+
+    /// A new, empty staging file for an incoming blob.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors creating it.
+    pub fn staging_file(&self) -> Result<(PathBuf, std::fs::File)> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.staging.join(format!("{}-{n}", std::process::id()));
+        let file = std::fs::File::create_new(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        Ok((path, file))
+    }
+
+    /// Moves a staged file, already verified to hash to `h`, into the store.
+    ///
+    /// # Errors
+    ///
+    /// I/O or backend errors; the staged file is removed either way.
+    pub async fn publish_blob(&self, h: &Hash, staged: &Path) -> Result<()> {
+        let result = self.publish_inner(h, staged).await;
+        let _ = std::fs::remove_file(staged);
+        result
+    }
+
+    async fn publish_inner(&self, h: &Hash, staged: &Path) -> Result<()> {
+        let location = Self::blob_path(h);
+        if let Some(root) = &self.local_root {
+            let dest = root.join(location.as_ref());
+            let parent = dest.parent().expect("blob paths have a parent");
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| StoreError::Io { path, source }
+            };
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            return std::fs::rename(staged, &dest).map_err(io(&dest));
+        }
+        let data =
+            tokio::fs::read(staged).await.map_err(|source| StoreError::Io { path: staged.to_path_buf(), source })?;
+        self.blobs
+            .put(&location, PutPayload::from(data))
+            .await
+            .map_err(|source| StoreError::Backend { what: format!("put blob {h}"), source })?;
+        Ok(())
+    }
+
+    /// The blob's content as a local file to read or map.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] if the store lacks it.
+    pub async fn blob_file(&self, h: &Hash) -> Result<BlobFile> {
+        let location = Self::blob_path(h);
+        if let Some(root) = &self.local_root {
+            let path = root.join(location.as_ref());
+            return match std::fs::symlink_metadata(&path) {
+                Ok(_) => Ok(BlobFile { path, temporary: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(format!("blob {h}"))),
+                Err(source) => Err(StoreError::Io { path, source }),
+            };
+        }
+        let bytes = self.get(&self.blobs, &location, &format!("blob {h}")).await?;
+        let (path, _) = self.staging_file()?;
+        let file = BlobFile { path, temporary: true };
+        tokio::fs::write(&file.path, &bytes)
+            .await
+            .map_err(|source| StoreError::Io { path: file.path.clone(), source })?;
+        Ok(file)
+    }
+
+    async fn get(&self, store: &Arc<dyn ObjectStore>, location: &ObjPath, what: &str) -> Result<Bytes> {
+        let result = store.get(location).await;
+        let result = match result {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|source| match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound(what.to_string()),
+            source => StoreError::Backend { what: format!("get {what}"), source },
+        })
+    }
+
+    /// Stores canonical manifest bytes under their id.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    pub async fn put_manifest(&self, id: &Hash, bytes: Bytes) -> Result<()> {
+        let location = ObjPath::from(format!("manifests/{id}"));
+        self.durable
+            .put(&location, PutPayload::from(bytes))
+            .await
+            .map_err(|source| StoreError::Backend { what: format!("put manifest {id}"), source })?;
+        Ok(())
+    }
+
+    /// The canonical bytes of a manifest.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] if the store lacks it.
+    pub async fn get_manifest(&self, id: &Hash) -> Result<Bytes> {
+        let location = ObjPath::from(format!("manifests/{id}"));
+        self.get(&self.durable, &location, &format!("manifest {id}")).await
+    }
+
+    /// Makes every blob written so far durable (one `syncfs` on a local store;
+    /// remote stores are durable when a put returns).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of `syncfs`.
+    pub async fn sync(&self) -> Result<()> {
+        let Some(root) = self.local_root.clone() else { return Ok(()) };
+        tokio::task::spawn_blocking(move || {
+            crate::fsutil::syncfs(&root).map_err(|source| StoreError::Io { path: root, source })
+        })
+        .await
+        .expect("syncfs task panicked")
+    }
+}

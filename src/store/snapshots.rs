@@ -1,0 +1,174 @@
+//! Snapshot records: committing a manifest under a key, finding the newest.
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{PutMode, PutOptions, PutPayload};
+
+use super::{Result, SnapshotRecord, Store, StoreError, check_key, check_prefix};
+use crate::hash::Hash;
+
+/// What a commit did.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The key's newest snapshot after the commit.
+    pub snapshot: SnapshotRecord,
+    /// The newest snapshot already had this manifest: nothing was written.
+    pub unchanged: bool,
+}
+
+/// What to commit.
+#[derive(Debug, Clone)]
+pub struct NewSnapshot {
+    /// The key.
+    pub key: String,
+    /// The manifest id; its bytes must already be stored.
+    pub manifest: Hash,
+    /// Files in the manifest.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// The profile of the root.
+    pub profile: String,
+}
+
+fn snap_dir(key: &str) -> ObjPath {
+    ObjPath::from(format!("keys/{key}/@snap"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// Commits a snapshot: blobs are synced, then the record is created with
+    /// the next generation by a conditional put (retrying if another writer
+    /// took it). Unchanged content gives no new generation.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::BadKey`]; backend errors.
+    pub async fn commit(&self, new: NewSnapshot) -> Result<Committed> {
+        check_key(&new.key)?;
+        let latest = self.latest(&new.key).await?;
+        if let Some(s) = &latest
+            && s.manifest == new.manifest.to_hex()
+        {
+            return Ok(Committed { snapshot: s.clone(), unchanged: true });
+        }
+        self.sync().await?;
+        let mut generation = latest.map_or(1, |s| s.generation + 1);
+        loop {
+            let record = SnapshotRecord {
+                key: new.key.clone(),
+                generation,
+                manifest: new.manifest.to_hex(),
+                files: new.files,
+                bytes: new.bytes,
+                created_unix_ms: now_ms(),
+                profile: new.profile.clone(),
+            };
+            let location = ObjPath::from(format!("keys/{}/@snap/{generation:020}", new.key));
+            let body = serde_json::to_vec(&record).expect("records serialize");
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            match self.durable.put_opts(&location, PutPayload::from(body), opts).await {
+                Ok(_) => return Ok(Committed { snapshot: record, unchanged: false }),
+                Err(object_store::Error::AlreadyExists { .. }) => generation += 1,
+                Err(source) => {
+                    return Err(StoreError::Backend { what: format!("create {location}"), source });
+                }
+            }
+        }
+    }
+
+    /// All snapshot records of a key, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; corrupt records.
+    pub async fn snapshots(&self, key: &str) -> Result<Vec<SnapshotRecord>> {
+        check_key(key)?;
+        let dir = snap_dir(key);
+        let mut metas: Vec<_> = self
+            .durable
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend { what: format!("list {dir}"), source })?;
+        // Only direct children: `keys/a/@snap/…`, not `keys/a/b/@snap/…`.
+        metas.retain(|m| m.location.prefix_matches(&dir) && m.location.parts().count() == dir.parts().count() + 1);
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            out.push(self.read_record(&m.location).await?);
+        }
+        Ok(out)
+    }
+
+    async fn read_record(&self, location: &ObjPath) -> Result<SnapshotRecord> {
+        let bytes = self.get(&self.durable, location, location.as_ref()).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { what: location.to_string(), why: e.to_string() })
+    }
+
+    /// The newest snapshot of a key, if any.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; corrupt records.
+    pub async fn latest(&self, key: &str) -> Result<Option<SnapshotRecord>> {
+        Ok(self.snapshots(key).await?.pop())
+    }
+
+    /// The newest snapshot of every key starting with `prefix`, sorted by key.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; corrupt records.
+    pub async fn list_latest(&self, prefix: &str) -> Result<Vec<SnapshotRecord>> {
+        check_prefix(prefix)?;
+        let metas: Vec<_> = self
+            .durable
+            .list(Some(&ObjPath::from("keys")))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend { what: "list keys".into(), source })?;
+        let mut newest: std::collections::BTreeMap<String, ObjPath> = Default::default();
+        for m in metas {
+            let s = m.location.as_ref();
+            let Some((key, _gen)) = s.strip_prefix("keys/").and_then(|s| s.rsplit_once("/@snap/")) else {
+                continue;
+            };
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let slot = newest.entry(key.to_string()).or_insert_with(|| m.location.clone());
+            if m.location > *slot {
+                *slot = m.location.clone();
+            }
+        }
+        let mut out = Vec::with_capacity(newest.len());
+        for location in newest.values() {
+            out.push(self.read_record(location).await?);
+        }
+        Ok(out)
+    }
+
+    /// The exact key's newest snapshot, else the newest snapshot among keys
+    /// starting with each restore prefix in turn.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::BadKey`]; backend errors.
+    pub async fn resolve(&self, key: &str, prefixes: &[String]) -> Result<Option<SnapshotRecord>> {
+        if let Some(s) = self.latest(key).await? {
+            return Ok(Some(s));
+        }
+        for prefix in prefixes {
+            let candidates = self.list_latest(prefix).await?;
+            if let Some(best) = candidates.into_iter().max_by_key(|s| (s.created_unix_ms, s.generation)) {
+                return Ok(Some(best));
+            }
+        }
+        Ok(None)
+    }
+}

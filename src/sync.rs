@@ -1,0 +1,120 @@
+//! Push and pull: scanning, planning and transferring a root against a mirror.
+//!
+//! [`plan`] is pure; [`tree`] writes destinations safely; `push` and `pull`
+//! drive a [`Client`] through a plan. Reports carry what a person or a
+//! script wants to know afterwards, bytes on the wire included.
+
+pub mod plan;
+mod pull;
+mod push;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use pull::{PullRequest, pull};
+pub use push::{PushRequest, push};
+
+use crate::delta::DeltaError;
+use crate::hash::Hash;
+use crate::hash::cache::HashCache;
+use crate::rpc::client::{Client, ClientError};
+use crate::scan::ScanError;
+
+/// Settings shared by push and pull.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Files smaller than this are sent whole.
+    pub delta_min_size: u64,
+    /// zstd level for content sent (0: off).
+    pub compression_level: i32,
+    /// fsync every pulled file, then syncfs (off: one syncfs at the end).
+    pub fsync: bool,
+    /// Where hash caches live.
+    pub state_dir: PathBuf,
+    /// Draw a progress bar on a terminal.
+    pub progress: bool,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+/// Why a push or pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Talking to the mirror.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Reading the local root.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// Writing the local root.
+    #[error(transparent)]
+    Tree(#[from] tree::TreeError),
+    /// A local entry in the way.
+    #[error(transparent)]
+    Conflict(#[from] plan::Conflict),
+    /// Computing a delta.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    /// A key or restore prefix that is not allowed.
+    #[error(transparent)]
+    Key(#[from] crate::store::StoreError),
+    /// The root given is not a directory.
+    #[error("{}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// The key has no snapshot and no restore key matched.
+    #[error("no snapshot for key {0:?} (nor for any restore key)")]
+    Miss(String),
+}
+
+/// What a push or pull did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The key written or restored.
+    pub key: String,
+    /// The snapshot's generation.
+    pub generation: u64,
+    /// The snapshot's manifest id.
+    pub manifest: String,
+    /// Regular files in the tree.
+    pub files: u64,
+    /// Total size of the tree.
+    pub bytes: u64,
+    /// Bytes written to the socket.
+    pub bytes_sent: u64,
+    /// Bytes read from the socket.
+    pub bytes_received: u64,
+    /// Blobs moved whole.
+    pub blobs_whole: u64,
+    /// Blobs moved as deltas.
+    pub blobs_delta: u64,
+    /// Files hashed (not served by the hash cache).
+    pub files_hashed: u64,
+    /// Nothing needed to change.
+    pub unchanged: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+impl Report {
+    fn finish(&mut self, client: &Client, started: std::time::Instant) {
+        self.bytes_sent = client.counters().sent();
+        self.bytes_received = client.counters().received();
+        self.duration_ms = started.elapsed().as_millis() as u64;
+    }
+}
+
+/// Where the hash cache of a root lives.
+fn cache_path(state_dir: &Path, root: &Path) -> PathBuf {
+    let canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let id = Hash::of(canonical.as_os_str().as_encoded_bytes()).to_hex();
+    state_dir.join("hashcache").join(format!("{}.bin", &id[..24]))
+}
+
+fn save_cache(cache: &HashCache, path: &Path) {
+    if let Err((path, e)) = cache.save(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not save the hash cache; the next scan will hash again");
+    }
+}

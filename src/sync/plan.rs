@@ -1,0 +1,262 @@
+//! Planning a sync: from two manifests to a list of actions. Pure; no I/O.
+//!
+//! A pull compares the snapshot with the destination's own manifest: content
+//! already present (at the path or anywhere else in the root) is reused,
+//! files that change in place get a delta against the local version when the
+//! profile says deltas pay there, everything else is fetched whole, once per
+//! distinct blob. A push decides, per blob the mirror lacks, between a delta
+//! against the previous snapshot's version of the same path and the whole file.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::hash::Hash;
+use crate::manifest::{Content, Entry, Manifest};
+use crate::profile::Profile;
+
+/// Thresholds that shape a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Files smaller than this are never delta-encoded.
+    pub delta_min_size: u64,
+    /// What the root is.
+    pub profile: Profile,
+}
+
+/// What a pull will do. Entry indices refer to the snapshot manifest.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PullPlan {
+    /// Local paths to remove first, deepest first (only with `--delete`).
+    pub removals: Vec<String>,
+    /// Files whose content is right but whose mode or mtime is not.
+    pub metadata: Vec<usize>,
+    /// Files to copy from another local path that has the same content.
+    pub local_copies: Vec<(usize, String)>,
+    /// Blobs to fetch as deltas against the local file at a path.
+    pub deltas: Vec<(Hash, Vec<usize>, String)>,
+    /// Blobs to fetch whole, each with the entries it fills.
+    pub whole: Vec<(Hash, Vec<usize>)>,
+    /// Symlinks to create or replace.
+    pub symlinks: Vec<usize>,
+    /// Bytes that will come from the mirror (before delta savings).
+    pub fetch_bytes: u64,
+}
+
+/// A local entry that stands in the way of the snapshot and is not removed
+/// without `--delete`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} exists locally as another kind of entry than in the snapshot; pull with --delete to replace it")]
+pub struct Conflict(pub String);
+
+fn kind(e: &Entry) -> u8 {
+    match e.content {
+        Content::File(_) => 0,
+        Content::Dir => 1,
+        Content::Symlink(_) => 2,
+    }
+}
+
+/// Plans a pull of `snapshot` into a root whose current manifest is `local`.
+///
+/// # Errors
+///
+/// [`Conflict`] when, without `delete`, a local entry of another kind is in the way.
+pub fn plan_pull(snapshot: &Manifest, local: &Manifest, opts: PlanOptions, delete: bool) -> Result<PullPlan, Conflict> {
+    let mut plan = PullPlan::default();
+    let by_hash: HashMap<Hash, &str> =
+        local.entries().iter().filter_map(|e| Some((e.file_hash()?, e.path.as_str()))).collect();
+    for l in local.entries().iter().rev() {
+        let wanted = snapshot.get(&l.path);
+        let in_the_way = wanted.is_some_and(|w| kind(w) != kind(l));
+        if wanted.is_none() && !delete {
+            continue;
+        }
+        if in_the_way && !delete {
+            return Err(Conflict(l.path.clone()));
+        }
+        if wanted.is_none() || in_the_way {
+            plan.removals.push(l.path.clone());
+        }
+    }
+    // Removing a directory removes what is under it: drop the redundant children.
+    let set: std::collections::HashSet<String> = plan.removals.iter().cloned().collect();
+    plan.removals.retain(|p| !plan_has_parent(&set, p));
+    let mut whole: BTreeMap<Hash, Vec<usize>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for (i, e) in snapshot.entries().iter().enumerate() {
+        let here = local.get(&e.path).filter(|l| kind(l) == kind(e));
+        match &e.content {
+            Content::Dir => {}
+            Content::Symlink(_) => {
+                if here.is_none_or(|l| l.content != e.content || l.mtime_ns != e.mtime_ns) {
+                    plan.symlinks.push(i);
+                }
+            }
+            Content::File(h) => {
+                if let Some(l) = here.filter(|l| l.content == e.content) {
+                    if l.mode != e.mode || l.mtime_ns != e.mtime_ns {
+                        plan.metadata.push(i);
+                    }
+                } else if let Some(src) = by_hash.get(h) {
+                    plan.local_copies.push((i, src.to_string()));
+                } else {
+                    let delta_base = here.filter(|l| {
+                        !opts.profile.is_immutable(&e.path)
+                            && l.size >= opts.delta_min_size
+                            && e.size >= opts.delta_min_size
+                    });
+                    if let Some(base) = delta_base {
+                        plan.deltas.push((*h, vec![i], base.path.clone()));
+                        plan.fetch_bytes += e.size;
+                    } else {
+                        let targets = whole.entry(*h).or_default();
+                        if targets.is_empty() {
+                            order.push(*h);
+                            plan.fetch_bytes += e.size;
+                        }
+                        targets.push(i);
+                    }
+                }
+            }
+        }
+    }
+    plan.whole = order.into_iter().map(|h| (h, whole.remove(&h).unwrap_or_default())).collect();
+    Ok(plan)
+}
+
+fn plan_has_parent(set: &std::collections::HashSet<String>, path: &str) -> bool {
+    let mut p = path;
+    while let Some((parent, _)) = p.rsplit_once('/') {
+        if set.contains(parent) {
+            return true;
+        }
+        p = parent;
+    }
+    false
+}
+
+/// One blob to push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upload {
+    /// The whole file at `path`.
+    Whole {
+        /// Blob.
+        hash: Hash,
+        /// A local path with that content.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A delta of the file at `path` against blob `base`, which the mirror has.
+    Delta {
+        /// Blob.
+        hash: Hash,
+        /// A local path with that content.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The previous snapshot's blob at the same path.
+        base: Hash,
+    },
+}
+
+/// Plans a push: every blob of `local` that the mirror lacks (`missing`),
+/// as a delta where the previous snapshot (`previous`) has another version
+/// of the same path that is worth it, whole otherwise.
+pub fn plan_push(local: &Manifest, previous: Option<&Manifest>, missing: &[Hash], opts: PlanOptions) -> Vec<Upload> {
+    let missing: std::collections::HashSet<&Hash> = missing.iter().collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for e in local.entries() {
+        let Some(hash) = e.file_hash() else { continue };
+        if !missing.contains(&hash) || !seen.insert(hash) {
+            continue;
+        }
+        let base = previous
+            .and_then(|p| p.get(&e.path))
+            .filter(|b| b.size >= opts.delta_min_size && e.size >= opts.delta_min_size)
+            .filter(|_| !opts.profile.is_immutable(&e.path))
+            .and_then(|b| b.file_hash())
+            .filter(|b| !missing.contains(b) && *b != hash);
+        let (path, size) = (e.path.clone(), e.size);
+        out.push(match base {
+            Some(base) => Upload::Delta { hash, path, size, base },
+            None => Upload::Whole { hash, path, size },
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str, content: &[u8], size: u64) -> Entry {
+        Entry { path: path.into(), size, mode: 0o644, mtime_ns: 1, content: Content::File(Hash::of(content)) }
+    }
+    fn d(path: &str) -> Entry {
+        Entry { path: path.into(), size: 0, mode: 0o755, mtime_ns: 1, content: Content::Dir }
+    }
+    fn m(entries: Vec<Entry>) -> Manifest {
+        Manifest::new(entries).unwrap()
+    }
+    const OPTS: PlanOptions = PlanOptions { delta_min_size: 100, profile: Profile::Generic };
+
+    #[test]
+    fn pull_reuses_local_content_and_fetches_the_rest_once() {
+        let snap = m(vec![
+            d("a"),
+            f("a/same", b"s", 1),
+            f("a/moved", b"m", 1),
+            f("big", b"new", 1000),
+            f("x", b"n", 5),
+            f("y", b"n", 5),
+        ]);
+        let mut meta_changed = f("a/same", b"s", 1);
+        meta_changed.mode = 0o600;
+        let local = m(vec![d("a"), meta_changed, f("old-name", b"m", 1), f("big", b"old", 900), f("stray", b"z", 1)]);
+        let plan = plan_pull(&snap, &local, OPTS, false).unwrap();
+        assert_eq!(plan.metadata, vec![2], "sorted: a, a/moved, a/same, big, x, y");
+        assert_eq!(plan.local_copies, vec![(1, "old-name".to_string())]);
+        assert_eq!(plan.deltas, vec![(Hash::of(b"new"), vec![3], "big".to_string())]);
+        assert_eq!(plan.whole, vec![(Hash::of(b"n"), vec![4, 5])]);
+        assert!(plan.removals.is_empty(), "nothing is deleted without --delete");
+        assert_eq!(plan.fetch_bytes, 1005);
+    }
+
+    #[test]
+    fn delete_removes_strays_and_conflicts_need_it() {
+        let snap = m(vec![f("a", b"file now", 8)]);
+        let local = m(vec![d("a"), f("a/inner", b"i", 1), f("stray", b"z", 1)]);
+        assert_eq!(plan_pull(&snap, &local, OPTS, false), Err(Conflict("a".into())));
+        let plan = plan_pull(&snap, &local, OPTS, true).unwrap();
+        assert_eq!(plan.removals, vec!["stray".to_string(), "a".to_string()]);
+    }
+
+    #[test]
+    fn immutable_paths_are_never_delta_encoded() {
+        let opts = PlanOptions { profile: Profile::GoBuild, ..OPTS };
+        let snap = m(vec![d("ab"), f("ab/x-d", b"new", 1000)]);
+        let local = m(vec![d("ab"), f("ab/x-d", b"old", 1000)]);
+        let plan = plan_pull(&snap, &local, opts, false).unwrap();
+        assert!(plan.deltas.is_empty());
+        assert_eq!(plan.whole.len(), 1);
+        let prev = local.clone();
+        let up = plan_push(&snap, Some(&prev), &[Hash::of(b"new")], opts);
+        assert!(matches!(up[0], Upload::Whole { .. }));
+    }
+
+    #[test]
+    fn push_deltas_against_the_previous_version_and_dedupes() {
+        let local =
+            m(vec![f("big", b"v2", 5000), f("copy", b"v2", 5000), f("small", b"s2", 10), f("there", b"t", 5000)]);
+        let prev = m(vec![f("big", b"v1", 5000), f("small", b"s1", 10)]);
+        let up = plan_push(&local, Some(&prev), &[Hash::of(b"v2"), Hash::of(b"s2")], OPTS);
+        assert_eq!(
+            up,
+            vec![
+                Upload::Delta { hash: Hash::of(b"v2"), path: "big".into(), size: 5000, base: Hash::of(b"v1") },
+                Upload::Whole { hash: Hash::of(b"s2"), path: "small".into(), size: 10 },
+            ]
+        );
+    }
+}

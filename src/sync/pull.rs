@@ -1,0 +1,230 @@
+//! Pull: restore a snapshot into a local root, moving only what differs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::plan::{PlanOptions, plan_pull};
+use super::tree::Tree;
+use super::{Report, SyncError, SyncOptions, cache_path, save_cache};
+use crate::delta;
+use crate::hash::Hash;
+use crate::hash::cache::{FileKey, HashCache};
+use crate::manifest::{Content, Entry, Manifest};
+use crate::profile::Profile;
+use crate::progress::Progress;
+use crate::rpc::MAX_HASHES;
+use crate::rpc::client::Client;
+use crate::rpc::frames::{FrameError, FrameReceiver, Incoming};
+use crate::scan;
+
+/// What to pull.
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    /// The local root (created if missing).
+    pub root: PathBuf,
+    /// The key to restore.
+    pub key: String,
+    /// Key prefixes to fall back to, in order.
+    pub restore_prefixes: Vec<String>,
+    /// Remove local entries the snapshot lacks.
+    pub delete: bool,
+}
+
+/// Files placed so far, for the hash cache.
+type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
+
+/// Restores the newest snapshot of `req.key` (or of a restore prefix) into `req.root`.
+///
+/// # Errors
+///
+/// [`SyncError::Miss`] when no snapshot matches; transport, mirror and local
+/// I/O errors. Files already placed are complete; nothing is half-written.
+pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
+    let started = Instant::now();
+    crate::store::check_key(&req.key)?;
+    let snapshot =
+        client.resolve(&req.key, &req.restore_prefixes).await?.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
+    let manifest = client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?;
+    let profile: Profile = snapshot.profile.parse().unwrap_or_default();
+    let cache_file = cache_path(&opts.state_dir, &req.root);
+    let (root, fsync, replace) = (req.root.clone(), opts.fsync, req.delete);
+    let (tree, local, mut cache) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+        let tree = Tree::open(&root, fsync, replace)?;
+        let mut cache = HashCache::load(&cache_file);
+        let local = scan::scan(&root, profile, &mut cache)?;
+        Ok((tree, local, cache))
+    })
+    .await
+    .expect("scan task panicked")?;
+    let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile };
+    let plan = plan_pull(&manifest, &local.manifest, popts, req.delete)?;
+    let mut report = Report {
+        key: snapshot.key.clone(),
+        generation: snapshot.generation,
+        manifest: snapshot.manifest.clone(),
+        files: manifest.file_count(),
+        bytes: manifest.total_bytes(),
+        files_hashed: local.hashed_files,
+        ..Report::default()
+    };
+    let tree = Arc::new(tree);
+    let manifest = Arc::new(manifest);
+    let placed: Placed = Arc::default();
+    let progress = Progress::bytes("pull", plan.fetch_bytes, opts.progress);
+    let (t, m, p) = (tree.clone(), manifest.clone(), placed.clone());
+    let removals = plan.removals.clone();
+    let (metadata, copies, symlinks) = (plan.metadata.clone(), plan.local_copies.clone(), plan.symlinks.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+        for r in &removals {
+            t.remove(r)?;
+        }
+        t.prepare_dirs(&m)?;
+        let staged: Vec<_> = copies.iter().map(|(_, src)| t.stage_copy(&t.path(src))).collect::<Result<_, _>>()?;
+        for ((i, _), s) in copies.iter().zip(staged) {
+            place(&t, &s, &m.entries()[*i], &p)?;
+        }
+        for i in metadata {
+            t.fix_metadata(&m.entries()[i])?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("pull task panicked")?;
+    let mut whole = plan.whole.clone();
+    for (hash, targets, base) in &plan.deltas {
+        let entries: Vec<Entry> = targets.iter().map(|i| manifest.entries()[*i].clone()).collect();
+        match fetch_delta(client, &tree, *hash, entries, base, &placed).await {
+            Ok(()) => {
+                report.blobs_delta += 1;
+                progress.inc(manifest.entries()[targets[0]].size);
+            }
+            Err(e) => {
+                warn!(path = %base, error = %e, "delta failed; fetching the whole file");
+                whole.push((*hash, targets.clone()));
+            }
+        }
+    }
+    report.blobs_whole = whole.len() as u64;
+    for batch in whole.chunks(MAX_HASHES) {
+        fetch_whole(client, &tree, &manifest, batch, &placed, &progress).await?;
+    }
+    progress.finish();
+    let (t, m) = (tree.clone(), manifest.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+        for i in symlinks {
+            let e = &m.entries()[i];
+            if let Content::Symlink(target) = &e.content {
+                t.place_symlink(e, target)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .expect("pull task panicked")?;
+    let tree = Arc::into_inner(tree).expect("no other tree users remain");
+    let finish_manifest = manifest.clone();
+    tokio::task::spawn_blocking(move || tree.finish(&finish_manifest)).await.expect("finish task panicked")?;
+    for (path, key, hash) in placed.lock().expect("placed lock").drain(..) {
+        cache.insert(path, key, hash);
+    }
+    save_cache(&cache, &cache_path(&opts.state_dir, &req.root));
+    report.unchanged = plan.fetch_bytes == 0 && plan.local_copies.is_empty() && plan.removals.is_empty();
+    report.finish(client, started);
+    info!(key = %report.key, generation = report.generation, files = report.files, bytes_received = report.bytes_received, "pull finished");
+    Ok(report)
+}
+
+/// Places a verified staging file at `entry`, recording it for the hash cache.
+fn place(tree: &Tree, staged: &std::path::Path, entry: &Entry, placed: &Placed) -> Result<(), super::tree::TreeError> {
+    tree.place_file(staged, entry)?;
+    if let (Some(hash), Ok(meta)) = (entry.file_hash(), std::fs::symlink_metadata(tree.path(&entry.path))) {
+        use std::os::unix::fs::MetadataExt;
+        let key =
+            FileKey { size: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), ino: meta.ino() };
+        placed.lock().expect("placed lock").push((entry.path.clone(), key, hash));
+    }
+    Ok(())
+}
+
+/// Places one received blob at every entry that holds it.
+fn place_all(tree: &Tree, staged: &std::path::Path, entries: &[Entry], placed: &Placed) -> Result<(), FrameError> {
+    let err = |e: super::tree::TreeError| FrameError::Handler(e.to_string());
+    for extra in entries.iter().skip(1) {
+        let copy = tree.stage_copy(staged).map_err(err)?;
+        place(tree, &copy, extra, placed).map_err(err)?;
+    }
+    place(tree, staged, &entries[0], placed).map_err(err)
+}
+
+fn receiver(tree: &Arc<Tree>, max: u64) -> FrameReceiver {
+    let t = tree.clone();
+    FrameReceiver::new(Box::new(move || t.staging_file()), max)
+}
+
+async fn fetch_whole(
+    client: &mut Client,
+    tree: &Arc<Tree>,
+    manifest: &Arc<Manifest>,
+    batch: &[(Hash, Vec<usize>)],
+    placed: &Placed,
+    progress: &Progress,
+) -> Result<(), SyncError> {
+    let hashes: Vec<Hash> = batch.iter().map(|(h, _)| *h).collect();
+    let mut targets: HashMap<Hash, Vec<Entry>> = HashMap::new();
+    for (h, idx) in batch {
+        targets.insert(*h, idx.iter().map(|i| manifest.entries()[*i].clone()).collect());
+    }
+    let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
+    let (t, p, prog) = (tree.clone(), placed.clone(), progress.clone());
+    client
+        .get_blobs(&hashes, receiver(tree, max), move |incoming: Incoming| {
+            let entries = targets
+                .remove(&incoming.hash)
+                .ok_or_else(|| FrameError::Protocol(format!("unrequested blob {}", incoming.hash)))?;
+            if incoming.delta_base.is_some() {
+                return Err(FrameError::Protocol("a delta where a whole blob was asked".into()));
+            }
+            prog.inc(incoming.size);
+            place_all(&t, &incoming.staged, &entries, &p)
+        })
+        .await?;
+    Ok(())
+}
+
+async fn fetch_delta(
+    client: &mut Client,
+    tree: &Arc<Tree>,
+    hash: Hash,
+    entries: Vec<Entry>,
+    base: &str,
+    placed: &Placed,
+) -> Result<(), SyncError> {
+    let base_path = tree.path(base);
+    let bp = base_path.clone();
+    let signature = tokio::task::spawn_blocking(move || delta::Mapped::open(&bp).map(|m| delta::signature(m.bytes())))
+        .await
+        .expect("signature task panicked")?;
+    let (t, p) = (tree.clone(), placed.clone());
+    let size = entries[0].size;
+    client
+        .get_delta(hash, signature, receiver(tree, size), move |incoming: Incoming| {
+            if incoming.hash != hash {
+                return Err(FrameError::Protocol("a delta for another blob".into()));
+            }
+            if incoming.delta_base.is_none() {
+                return place_all(&t, &incoming.staged, &entries, &p); // sent whole, already verified
+            }
+            let (out, _) = t.staging_file().map_err(|e| FrameError::Io { path: "staging".into(), source: e })?;
+            let _ = std::fs::remove_file(&out);
+            let applied = delta::apply_files(&base_path, &incoming.staged, &out, hash, size, false);
+            let _ = std::fs::remove_file(&incoming.staged);
+            applied.map_err(|e| FrameError::Handler(e.to_string()))?;
+            place_all(&t, &out, &entries, &p)
+        })
+        .await?;
+    Ok(())
+}

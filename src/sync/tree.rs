@@ -1,0 +1,251 @@
+//! Writing a snapshot into a destination root, safely.
+//!
+//! Every file appears by `rename` from the root's staging directory with its
+//! final mode and mtime already set, so a reader (or a kill -9) sees the old
+//! content or the new, never a part. Directories named by the snapshot are
+//! made real directories first, parents before children, so nothing is ever
+//! written through a symlink; they are kept owner-writable while we work and
+//! get their final (possibly read-only) modes and mtimes last, deepest first.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use filetime::FileTime;
+
+use crate::manifest::{Content, Entry, Manifest};
+use crate::profile::STAGING_DIR;
+
+/// A failed file-system operation, with its path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct TreeError {
+    /// Where.
+    pub path: PathBuf,
+    /// What.
+    #[source]
+    pub source: io::Error,
+}
+
+type Result<T> = std::result::Result<T, TreeError>;
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
+    move |source| TreeError { path: path.to_path_buf(), source }
+}
+
+/// A destination root being written.
+pub struct Tree {
+    root: PathBuf,
+    staging: PathBuf,
+    counter: AtomicU64,
+    fsync: bool,
+    replace: bool,
+}
+
+fn mtime(ns: i64) -> FileTime {
+    FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
+}
+
+impl Tree {
+    /// Opens `root` (creating it), with a fresh staging directory. With
+    /// `replace`, local entries of another kind standing where the snapshot
+    /// has a directory, file or symlink are removed; without it, they are an error.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors creating the root or staging directory.
+    pub fn open(root: &Path, fsync: bool, replace: bool) -> Result<Tree> {
+        fs::create_dir_all(root).map_err(at(root))?;
+        let staging = root.join(STAGING_DIR);
+        if fs::symlink_metadata(&staging).is_ok() {
+            remove_all(&staging)?;
+        }
+        fs::create_dir(&staging).map_err(at(&staging))?;
+        Ok(Tree { root: root.to_path_buf(), staging, counter: AtomicU64::new(0), fsync, replace })
+    }
+
+    /// The absolute path of a root-relative path.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A new, empty staging file.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors creating it.
+    pub fn staging_file(&self) -> io::Result<(PathBuf, fs::File)> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.staging.join(format!("s{n}"));
+        let file = fs::File::create_new(&path)?;
+        Ok((path, file))
+    }
+
+    /// Makes every directory entry of `manifest` a real, owner-writable
+    /// directory, replacing files or symlinks standing in their place.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn prepare_dirs(&self, manifest: &Manifest) -> Result<()> {
+        make_writable_dir(&self.root)?;
+        for e in manifest.entries().iter().filter(|e| e.content == Content::Dir) {
+            let path = self.path(&e.path);
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => make_writable_dir(&path)?,
+                Ok(_) => {
+                    self.check_replace(&path)?;
+                    fs::remove_file(&path).map_err(at(&path))?;
+                    fs::create_dir(&path).map_err(at(&path))?;
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => fs::create_dir(&path).map_err(at(&path))?,
+                Err(err) => return Err(at(&path)(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a verified staging file to `entry.path` with its mode and mtime.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn place_file(&self, staged: &Path, entry: &Entry) -> Result<()> {
+        if self.fsync {
+            fs::File::open(staged).and_then(|f| f.sync_all()).map_err(at(staged))?;
+        }
+        fs::set_permissions(staged, fs::Permissions::from_mode(entry.mode)).map_err(at(staged))?;
+        filetime::set_file_mtime(staged, mtime(entry.mtime_ns)).map_err(at(staged))?;
+        let dest = self.path(&entry.path);
+        self.clear_for(&dest)?;
+        fs::rename(staged, &dest).map_err(at(&dest))
+    }
+
+    /// Copies a local file into staging (to be placed later).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn stage_copy(&self, from: &Path) -> Result<PathBuf> {
+        let (path, _) = self.staging_file().map_err(at(&self.staging))?;
+        fs::copy(from, &path).map_err(at(from))?;
+        Ok(path)
+    }
+
+    /// Creates or replaces a symlink, atomically.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn place_symlink(&self, entry: &Entry, target: &str) -> Result<()> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.staging.join(format!("l{n}"));
+        symlink(target, &tmp).map_err(at(&tmp))?;
+        filetime::set_symlink_file_times(&tmp, mtime(entry.mtime_ns), mtime(entry.mtime_ns)).map_err(at(&tmp))?;
+        let dest = self.path(&entry.path);
+        self.clear_for(&dest)?;
+        fs::rename(&tmp, &dest).map_err(at(&dest))
+    }
+
+    /// Sets mode and mtime of an existing file whose content is already right.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn fix_metadata(&self, entry: &Entry) -> Result<()> {
+        let path = self.path(&entry.path);
+        fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode)).map_err(at(&path))?;
+        filetime::set_file_mtime(&path, mtime(entry.mtime_ns)).map_err(at(&path))
+    }
+
+    /// A directory in the way of a file or symlink is removed (rename cannot replace it).
+    fn clear_for(&self, dest: &Path) -> Result<()> {
+        match fs::symlink_metadata(dest) {
+            Ok(m) if m.is_dir() => {
+                self.check_replace(dest)?;
+                remove_all(dest)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Local entries the scan did not report (a symlink leaving the root, a
+    /// name that is not UTF-8) may still stand in the way: only `--delete` removes them.
+    fn check_replace(&self, path: &Path) -> Result<()> {
+        if self.replace {
+            return Ok(());
+        }
+        let why = "exists locally as another kind of entry than in the snapshot; pull with --delete to replace it";
+        Err(TreeError { path: path.to_path_buf(), source: io::Error::new(io::ErrorKind::AlreadyExists, why) })
+    }
+
+    /// Removes a local entry the snapshot does not have.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn remove(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            make_writable_dir(parent)?;
+        }
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => remove_all(&path),
+            Ok(_) => fs::remove_file(&path).map_err(at(&path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(at(&path)(e)),
+        }
+    }
+
+    /// Gives directories their final modes and mtimes, deepest first, then
+    /// removes the staging directory.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub fn finish(self, manifest: &Manifest) -> Result<()> {
+        remove_all(&self.staging)?;
+        for e in manifest.entries().iter().rev().filter(|e| e.content == Content::Dir) {
+            let path = self.path(&e.path);
+            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode)).map_err(at(&path))?;
+            filetime::set_file_mtime(&path, mtime(e.mtime_ns)).map_err(at(&path))?;
+        }
+        if self.fsync {
+            crate::fsutil::syncfs(&self.root).map_err(at(&self.root))?;
+        }
+        Ok(())
+    }
+}
+
+fn make_writable_dir(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(at(path))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(at(path))?;
+    }
+    Ok(())
+}
+
+/// Removes a directory tree, making read-only directories writable first
+/// (Go's module trees are 0555). Never follows symlinks.
+///
+/// # Errors
+///
+/// I/O errors, with the path.
+pub fn remove_all(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(at(path)(e)),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path).map_err(at(path));
+    }
+    make_writable_dir(path)?;
+    for child in fs::read_dir(path).map_err(at(path))? {
+        remove_all(&child.map_err(at(path))?.path())?;
+    }
+    fs::remove_dir(path).map_err(at(path))
+}

@@ -1,0 +1,49 @@
+//! Only the changed bytes cross the wire, measured at the socket.
+
+use cachesync::profile::Profile;
+use cachesync::sync::{self, PullRequest, PushRequest};
+
+use crate::helpers::*;
+
+const SIZE: usize = 64 << 20;
+
+/// Changes about 1% of `data`: 64 scattered runs of 10 KiB.
+fn change_one_percent(data: &mut [u8]) {
+    let fresh = random_bytes(99, 10 << 10);
+    for i in 0..64 {
+        let at = i * (data.len() / 64) + 1234;
+        data[at..at + fresh.len()].copy_from_slice(&fresh);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_push_of_a_one_percent_change_sends_under_five_percent() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, old_copy, state) = (t.path().join("src"), t.path().join("old"), t.path().join("state"));
+    let mut data = random_bytes(3, SIZE);
+    write(&src, "db/big.bin", &data);
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let opts = options(&state);
+    let req = PushRequest { root: src.clone(), key: "delta/k".into(), profile: Profile::Generic };
+    let mut client = connect(&mirror.url).await;
+    let first = sync::push(&mut client, &req, &opts).await.unwrap();
+    assert!(first.bytes_sent > SIZE as u64, "first push sends it all: {}", first.bytes_sent);
+
+    // Another node holds the old version.
+    let pull_old = PullRequest { root: old_copy.clone(), key: "delta/k".into(), restore_prefixes: vec![], delete: false };
+    sync::pull(&mut connect(&mirror.url).await, &pull_old, &options(&t.path().join("state-b"))).await.unwrap();
+
+    change_one_percent(&mut data);
+    write(&src, "db/big.bin", &data);
+    let mut client = connect(&mirror.url).await;
+    let second = sync::push(&mut client, &req, &opts).await.unwrap();
+    assert_eq!((second.blobs_delta, second.blobs_whole), (1, 0));
+    assert!(second.bytes_sent < SIZE as u64 / 20, "second push sent {} bytes of {SIZE}", second.bytes_sent);
+
+    // The other node pulls the new version as a delta against its old one.
+    let mut client = connect(&mirror.url).await;
+    let pulled = sync::pull(&mut client, &pull_old, &options(&t.path().join("state-b"))).await.unwrap();
+    assert_eq!(pulled.blobs_delta, 1);
+    assert!(pulled.bytes_received < SIZE as u64 / 20, "pull received {} bytes of {SIZE}", pulled.bytes_received);
+    assert_eq!(std::fs::read(old_copy.join("db/big.bin")).unwrap(), data);
+}

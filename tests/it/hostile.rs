@@ -1,0 +1,254 @@
+//! What a hostile or broken peer can send: every message is refused with a
+//! clear status, and nothing it names becomes visible on either side.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use cachesync::hash::Hash;
+use cachesync::profile::Profile;
+use cachesync::rpc::pb::{self, cache_sync_client::CacheSyncClient};
+use cachesync::sync::{self, PullRequest, PushRequest};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::helpers::*;
+
+type Raw = CacheSyncClient<InterceptedService<Channel, Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>>>;
+
+async fn raw(url: &str, version: Option<&'static str>) -> Raw {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
+    let intercept: Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send> = Box::new(move |mut req| {
+        if let Some(v) = version {
+            req.metadata_mut().insert("cachesync-protocol", v.parse().unwrap());
+        }
+        Ok(req)
+    });
+    CacheSyncClient::with_interceptor(channel, intercept)
+}
+
+/// One raw manifest entry: (kind 0 file / 1 dir / 2 symlink, path, target).
+fn raw_manifest(entries: &[(u8, &str, &str)]) -> Vec<u8> {
+    let mut out = b"CSM1".to_vec();
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (kind, path, target) in entries {
+        out.push(*kind);
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        let size: u64 = if *kind == 0 { 5 } else { 0 };
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&0o644u32.to_le_bytes());
+        out.extend_from_slice(&1_600_000_000_000_000_000i64.to_le_bytes());
+        match kind {
+            0 => out.extend_from_slice(Hash::of(b"hello").as_bytes()),
+            2 => {
+                out.extend_from_slice(&(target.len() as u32).to_le_bytes());
+                out.extend_from_slice(target.as_bytes());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+const UNSAFE: &[&[(u8, &str, &str)]] = &[
+    &[(0, "/etc/passwd", "")],
+    &[(0, "../escape", "")],
+    &[(1, "a", ""), (0, "a/../../b", "")],
+    &[(2, "l", "."), (0, "l/x", "")],
+    &[(2, "l", "../../etc")],
+    &[(2, "l", "/etc")],
+];
+
+async fn commit_raw(client: &mut Raw, key: &str, bytes: &[u8]) -> Result<pb::CommitResponse, Status> {
+    use pb::commit_frame::Frame;
+    let header = pb::CommitHeader {
+        key: key.into(),
+        manifest_id: Hash::of(bytes).as_bytes().to_vec(),
+        manifest_size: bytes.len() as u64,
+        profile: "generic".into(),
+    };
+    let frames = vec![
+        pb::CommitFrame { frame: Some(Frame::Header(header)) },
+        pb::CommitFrame { frame: Some(Frame::ManifestChunk(bytes.to_vec())) },
+    ];
+    client.commit(futures::stream::iter(frames)).await.map(|r| r.into_inner())
+}
+
+async fn key_count(url: &str) -> usize {
+    connect(url).await.list_keys("").await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_with_unsafe_paths_are_refused_and_change_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = raw(&mirror.url, Some("1")).await;
+    for entries in UNSAFE {
+        let err = commit_raw(&mut client, "evil", &raw_manifest(entries)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{entries:?}: {err:?}");
+        assert!(err.message().contains("unsafe path") || err.message().contains("symlink") || err.message().contains("parent"), "{}", err.message());
+    }
+    assert_eq!(key_count(&mirror.url).await, 0);
+    assert!(!mirror.store.join("manifests").exists(), "no manifest was stored");
+}
+
+/// Plants a snapshot directly in a store, as a compromised or buggy mirror would serve it.
+fn plant(store: &Path, key: &str, manifest: &[u8]) {
+    let id = Hash::of(manifest).to_hex();
+    write(store, &format!("manifests/{id}"), manifest);
+    let record = serde_json::json!({"key": key, "generation": 1, "manifest": id, "files": 1, "bytes": 5, "created_unix_ms": 1, "profile": "generic"});
+    write(store, &format!("keys/{key}/@snap/00000000000000000001"), record.to_string().as_bytes());
+    write(store, &format!("blobs/{}/{}", &Hash::of(b"hello").to_hex()[..2], Hash::of(b"hello").to_hex()), b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_refuses_unsafe_manifests_and_leaves_the_tree_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    for (i, entries) in UNSAFE.iter().enumerate() {
+        plant(&store, &format!("evil{i}"), &raw_manifest(entries));
+    }
+    let mirror = spawn_mirror(&store).await;
+    let dst = t.path().join("dst");
+    write(&dst, "keep", b"mine");
+    let before = describe(&dst);
+    for i in 0..UNSAFE.len() {
+        let mut client = connect(&mirror.url).await;
+        let req = PullRequest { root: dst.clone(), key: format!("evil{i}"), restore_prefixes: vec![], delete: true };
+        let err = sync::pull(&mut client, &req, &options(&t.path().join("state"))).await.unwrap_err().to_string();
+        assert!(err.contains("invalid manifest"), "{err}");
+        assert_eq!(describe(&dst), before, "the tree is unchanged after {err}");
+    }
+    assert!(!t.path().join("escape").exists() && !t.path().join("b").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_symlink_is_never_written_through() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, outside) = (t.path().join("src"), t.path().join("dst"), t.path().join("outside"));
+    write(&src, "a/x", b"payload");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    symlink(&outside, dst.join("a")).unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let opts = options(&t.path().join("state"));
+    let mut client = connect(&mirror.url).await;
+    sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts).await.unwrap();
+    let mut req = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
+    assert!(err.contains("--delete"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+    req.delete = true;
+    sync::pull(&mut client, &req, &opts).await.unwrap();
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+    assert!(std::fs::symlink_metadata(dst.join("a")).unwrap().is_dir());
+    assert_same_tree(&src, &dst);
+}
+
+fn blob_path(store: &Path, data: &[u8]) -> std::path::PathBuf {
+    let hex = Hash::of(data).to_hex();
+    store.join("blobs").join(&hex[..2]).join(hex)
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut data = std::fs::read(path).unwrap();
+    data[at as usize] ^= 0x55;
+    std::fs::write(path, data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_blobs_and_deltas_from_the_mirror_are_never_made_visible() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let v1 = random_bytes(5, 2 << 20);
+    let mut v2 = v1.clone();
+    v2[1_000_000..1_010_000].copy_from_slice(&random_bytes(6, 10_000));
+    write(&src, "big.bin", &v1);
+    let mirror = spawn_mirror(&store).await;
+    let opts = options(&t.path().join("state"));
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    let pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    sync::push(&mut connect(&mirror.url).await, &push, &opts).await.unwrap();
+    sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap();
+    write(&src, "big.bin", &v2);
+    write(&src, "new.bin", &random_bytes(7, 300_000));
+    sync::push(&mut connect(&mirror.url).await, &push, &opts).await.unwrap();
+    // Bit rot in the mirror's copies of both new blobs.
+    flip_byte(&blob_path(&store, &v2), 1_500_000);
+    flip_byte(&blob_path(&store, &random_bytes(7, 300_000)), 10);
+    let err = sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap_err();
+    assert!(err.to_string().contains("is corrupt") && err.to_string().contains("blake3"), "{err}");
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), v1, "the old content stays");
+    assert!(!dst.join("new.bin").exists(), "a corrupt new file never appears");
+}
+
+fn frame(hash: &[u8], size: u64, base: &[u8], data: Vec<u8>, zstd: bool, last: bool) -> pb::BlobFrame {
+    pb::BlobFrame { hash: hash.to_vec(), size, delta_base: base.to_vec(), data, zstd, last }
+}
+
+async fn missing(client: &mut Raw, h: Hash) -> bool {
+    let req = pb::MissingBlobsRequest { hashes: vec![h.as_bytes().to_vec()] };
+    !client.missing_blobs(req).await.unwrap().into_inner().missing.is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_malformed_uploads_are_refused_and_nothing_is_stored() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let src = t.path().join("src");
+    let base = random_bytes(9, 1 << 20);
+    write(&src, "base.bin", &base);
+    let mirror = spawn_mirror(&store).await;
+    sync::push(&mut connect(&mirror.url).await, &PushRequest { root: src, key: "k".into(), profile: Profile::Generic }, &options(&t.path().join("s"))).await.unwrap();
+    let mut client = raw(&mirror.url, Some("1")).await;
+    let claimed = Hash::of(b"what the peer claims");
+    let h = claimed.as_bytes();
+    let cases: Vec<(&str, Vec<pb::BlobFrame>)> = vec![
+        ("content that does not match its hash", vec![frame(h, 5, &[], b"lies!".to_vec(), false, true)]),
+        ("more bytes than announced", vec![frame(h, 2, &[], b"lies!".to_vec(), false, true)]),
+        ("data before any header", vec![frame(&[], 0, &[], b"x".to_vec(), false, true)]),
+        ("a short hash", vec![frame(&h[..5], 1, &[], b"x".to_vec(), false, true)]),
+        ("garbage marked as zstd", vec![frame(h, 5, &[], b"not zstd at all".to_vec(), true, true)]),
+        ("a stream that ends inside a blob", vec![frame(h, 10, &[], b"12345".to_vec(), false, false)]),
+    ];
+    for (what, frames) in cases {
+        let err = client.put_blobs(futures::stream::iter(frames)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(missing(&mut client, claimed).await, "{what}: nothing stored");
+    }
+    // A delta that does not reproduce its hash is refused; the client then sends it whole.
+    let garbage_delta = vec![frame(h, 5, Hash::of(&base).as_bytes(), b"rs\x026garbage".to_vec(), false, true)];
+    let resp = client.put_blobs(futures::stream::iter(garbage_delta)).await.unwrap().into_inner();
+    assert_eq!(resp.rejected_deltas, vec![h.to_vec()]);
+    assert!(missing(&mut client, claimed).await);
+    let leftovers = std::fs::read_dir(store.join("tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "no staging file is left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_mismatch_unknown_blobs_and_oversized_requests_get_clear_statuses() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    for (version, shown) in [(Some("99"), "99"), (None, "none")] {
+        let mut client = raw(&mirror.url, version).await;
+        let err = client.hello(pb::HelloRequest { protocol: 99 }).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("protocol version mismatch") && err.message().contains(shown), "{}", err.message());
+    }
+    let mut client = raw(&mirror.url, Some("1")).await;
+    let err = commit_raw(&mut client, "k", &raw_manifest(&[(0, "f", "")])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("does not have"), "{}", err.message());
+    assert_eq!(key_count(&mirror.url).await, 0);
+    let too_many = pb::MissingBlobsRequest { hashes: vec![vec![0u8; 32]; 10_000] };
+    let err = client.missing_blobs(too_many).await.unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().contains("8192"), "{err:?}");
+    let err = client.resolve(pb::ResolveRequest { key: "../x".into(), restore_prefixes: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client.get_signature(pb::GetSignatureRequest { hash: vec![1; 32] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client.get_delta(pb::GetDeltaRequest { hash: vec![1; 32], signature: vec![0; 8] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}

@@ -1,0 +1,8 @@
+//! The integration tests: real gRPC servers on 127.0.0.1, real files in temp dirs.
+
+mod cli;
+mod deltas;
+mod helpers;
+mod hostile;
+mod kill;
+mod round_trip;

@@ -1,0 +1,102 @@
+//! Push a tree, pull it elsewhere: everything a cache holds comes back exactly.
+
+use std::os::unix::fs::symlink;
+
+use cachesync::profile::Profile;
+use cachesync::sync::{self, PullRequest, PushRequest};
+
+use crate::helpers::*;
+
+/// A tree with what caches hold: empty files, deep nesting, unicode names,
+/// read-only files and directories (as Go's module cache has), symlinks.
+fn cache_like_tree(root: &std::path::Path) {
+    write(root, "empty", b"");
+    write(root, "a/b/c/d/deep.txt", b"deep");
+    write(root, "ünïcödé/日本語.txt", "名前".as_bytes());
+    write(root, "bin/tool", b"#!/bin/sh\necho hi\n");
+    set_mode(&root.join("bin/tool"), 0o755);
+    write(root, ".hidden", b"dot");
+    write(root, "big.bin", &random_bytes(1, 3 << 20));
+    write(root, "mod/golang.org/x/text@v0.3.0/LICENSE", b"license");
+    write(root, "mod/golang.org/x/text@v0.3.0/go.mod", b"module golang.org/x/text\n");
+    symlink("b/c/d/deep.txt", root.join("a/link")).unwrap();
+    symlink("a/b", root.join("dirlink")).unwrap();
+    set_mtime(&root.join("a/b/c/d/deep.txt"), 1_500_000_000, 123_456_789);
+    set_mtime(&root.join("a/link"), 1_400_000_000, 0);
+    for f in ["LICENSE", "go.mod"] {
+        set_mode(&root.join("mod/golang.org/x/text@v0.3.0").join(f), 0o444);
+    }
+    set_mode(&root.join("mod/golang.org/x/text@v0.3.0"), 0o555);
+    set_mtime(&root.join("a/b"), 1_300_000_000, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_reproduces_the_pushed_tree_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    cache_like_tree(&src);
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = connect(&mirror.url).await;
+    let opts = options(&state);
+    let push = PushRequest { root: src.clone(), key: "test/tree".into(), profile: Profile::Generic };
+    let pushed = sync::push(&mut client, &push, &opts).await.unwrap();
+    assert_eq!((pushed.generation, pushed.files), (1, 8));
+    assert!(pushed.bytes_sent > 3 << 20, "the content crossed the wire");
+
+    let pull = PullRequest { root: dst.clone(), key: "test/tree".into(), restore_prefixes: vec![], delete: false };
+    let pulled = sync::pull(&mut client, &pull, &opts).await.unwrap();
+    assert_same_tree(&src, &dst);
+    assert_eq!(pulled.bytes, pushed.bytes);
+    assert!(!dst.join(".cachesync.tmp").exists(), "staging is removed");
+
+    // Nothing changed: a second push commits nothing, a second pull moves no content.
+    let again = sync::push(&mut client, &push, &opts).await.unwrap();
+    assert!(again.unchanged);
+    assert_eq!(again.generation, 1);
+    let mut client = connect(&mirror.url).await;
+    let repull = sync::pull(&mut client, &pull, &opts).await.unwrap();
+    assert!(repull.bytes_received < 64 << 10, "received {}", repull.bytes_received);
+    assert_same_tree(&src, &dst);
+    unlock(t.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_the_mirror_has_is_never_sent_again_whatever_the_key() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("node-a"), t.path().join("node-b"));
+    for root in [&a, &b] {
+        write(root, "shared.bin", &random_bytes(7, 4 << 20));
+        write(root, "x/also-shared", &random_bytes(8, 1 << 20));
+    }
+    write(&b, "only-b", b"small and new");
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = connect(&mirror.url).await;
+    let req = |root: &std::path::Path, key: &str| PushRequest { root: root.to_path_buf(), key: key.into(), profile: Profile::Generic };
+    sync::push(&mut client, &req(&a, "node/a"), &options(&t.path().join("sa"))).await.unwrap();
+    let mut client = connect(&mirror.url).await;
+    let second = sync::push(&mut client, &req(&b, "node/b"), &options(&t.path().join("sb"))).await.unwrap();
+    assert_eq!(second.blobs_whole, 1, "only the new file is sent");
+    assert!(second.bytes_sent < 64 << 10, "sent {} bytes", second.bytes_sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_replaces_changed_files_and_deletes_only_when_asked() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    write(&src, "keep", b"v2");
+    write(&src, "d/new", b"new");
+    write(&dst, "keep", b"v1");
+    write(&dst, "stray", b"local only");
+    write(&dst, "d/stray-too", b"local only");
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = connect(&mirror.url).await;
+    let opts = options(&state);
+    sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts).await.unwrap();
+    let mut pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    sync::pull(&mut client, &pull, &opts).await.unwrap();
+    assert_eq!(std::fs::read(dst.join("keep")).unwrap(), b"v2");
+    assert!(dst.join("stray").exists() && dst.join("d/stray-too").exists(), "kept without --delete");
+    pull.delete = true;
+    sync::pull(&mut client, &pull, &opts).await.unwrap();
+    assert_same_tree(&src, &dst);
+}
