@@ -36,6 +36,7 @@ fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
         state_dir: settings.state_dir.clone(),
         progress: !json,
         connect_timeout: settings.connect_timeout(),
+        streams: settings.transfer.streams,
     }
 }
 
@@ -52,22 +53,20 @@ async fn mirror(settings: Settings) -> anyhow::Result<()> {
 
 async fn push(args: PushArgs, settings: Settings) -> anyhow::Result<()> {
     let profile: Profile = args.profile.parse()?;
-    let mut client = connect(&settings).await?;
     let req = PushRequest { root: args.dir.clone(), key: args.key, profile };
-    let report = sync::push(&mut client, &req, &sync_options(&settings, args.json))
-        .await
-        .with_context(|| format!("push of {}", args.dir.display()))?;
+    req.validate()?;
+    let mut client = connect(&settings).await?;
+    let report = sync::push(&mut client, &req, &sync_options(&settings, args.json)).await?;
     print_report(&report, args.json, "pushed", &args.dir);
     Ok(())
 }
 
 async fn pull(args: PullArgs, settings: Settings) -> anyhow::Result<()> {
-    let mut client = connect(&settings).await?;
     let req =
         PullRequest { root: args.dir.clone(), key: args.key, restore_prefixes: args.restore_keys, delete: args.delete };
-    let report = sync::pull(&mut client, &req, &sync_options(&settings, args.json))
-        .await
-        .with_context(|| format!("pull into {}", args.dir.display()))?;
+    req.validate()?;
+    let mut client = connect(&settings).await?;
+    let report = sync::pull(&mut client, &req, &sync_options(&settings, args.json)).await?;
     print_report(&report, args.json, "restored", &args.dir);
     Ok(())
 }

@@ -77,6 +77,8 @@ pub struct TransferSettings {
     pub compression_level: i32,
     /// fsync every pulled file (otherwise one syncfs at the end of a pull).
     pub fsync: bool,
+    /// Concurrent blob streams per push or pull, 1 to 16.
+    pub streams: usize,
 }
 
 fn home() -> PathBuf {
@@ -115,7 +117,7 @@ impl Default for ClientSettings {
 
 impl Default for TransferSettings {
     fn default() -> Self {
-        TransferSettings { delta_min_size: 128 << 10, compression_level: 3, fsync: false }
+        TransferSettings { delta_min_size: 128 << 10, compression_level: 3, fsync: false, streams: 4 }
     }
 }
 
@@ -142,6 +144,9 @@ impl Settings {
         }
         if self.transfer.delta_min_size < 4096 {
             return bad(format!("transfer.delta_min_size = {}: expected at least 4096", self.transfer.delta_min_size));
+        }
+        if !(1..=16).contains(&self.transfer.streams) {
+            return bad(format!("transfer.streams = {}: expected 1 to 16", self.transfer.streams));
         }
         if self.client.connect_timeout_ms == 0 {
             return bad("client.connect_timeout_ms = 0: expected a positive number".into());

@@ -1,21 +1,24 @@
 //! Binary deltas between versions of a file: the only user of `fast_rsync`.
 //!
-//! Owns the rsync cycle (the receiver sends a [`signature`] of its old copy,
-//! the sender answers with a [`diff`], the receiver rebuilds the new file with
-//! [`apply_verified`]), the rule that picks the block size, and checking every
-//! rebuilt file against its blake3: MD4 block hashes can collide and deltas
-//! arrive from the network, so a result is only trusted once verified. It does
-//! not decide whether a delta is worth sending, move bytes over the network or
-//! rename results into place; the sync and store modules do that.
+//! Owns the rsync cycle (the receiver sends a [`signature_file`] of its old
+//! copy, the sender answers with a [`diff_file`], the receiver rebuilds the
+//! new file with [`apply_files`]), the rule that picks the block size, and
+//! checking every rebuilt file against its blake3: MD4 block hashes can
+//! collide and deltas arrive from the network, so a result is only trusted
+//! once verified. Memory stays bounded whatever the file sizes: signatures and
+//! diffs are computed over chunks read from disk, and deltas are applied as a
+//! stream ([`apply`]). It does not decide whether a delta is worth sending,
+//! move bytes over the network or rename results into place.
+
+mod apply;
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use fast_rsync::{ApplyError, DiffError, Signature, SignatureOptions};
-use memmap2::Mmap;
+use fast_rsync::{DiffError, Signature, SignatureOptions};
 
-use crate::hash::{Hash, HashingWriter};
+use crate::hash::{Hash, Hasher, HashingWriter};
 
 /// Largest serialized signature we produce or accept (it travels in one message).
 pub const MAX_SIGNATURE_BYTES: usize = 1 << 20;
@@ -33,6 +36,12 @@ const BLOCK_ALIGN: u64 = 64;
 const MD4_MAGIC: [u8; 4] = 0x7273_0136u32.to_be_bytes();
 /// Stands in for a path in I/O errors of writers we only know as `impl Write`.
 const OUTPUT: &str = "<delta output>";
+const DELTA_MAGIC: [u8; 4] = 0x7273_0236u32.to_be_bytes();
+/// Bytes of a file read at once to compute its signature.
+const SIGNATURE_CHUNK: usize = 16 << 20;
+/// Bytes of a new file diffed at once; each boundary costs at most about two
+/// blocks of literal bytes.
+const DIFF_CHUNK: usize = 32 << 20;
 
 /// What can go wrong computing or applying a delta.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +65,12 @@ pub enum DeltaError {
         actual: Hash,
         /// The length of what was built.
         actual_size: u64,
+    },
+    /// The file being diffed is not the content it was announced as.
+    #[error("{}: changed while its delta was being computed; run again", path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
     },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
@@ -87,9 +102,36 @@ pub fn block_size_for(len: u64) -> u32 {
 
 /// Serialized signature of `base`, with the block size of [`block_size_for`].
 pub fn signature(base: &[u8]) -> Vec<u8> {
-    let options =
-        SignatureOptions { block_size: block_size_for(base.len() as u64), crypto_hash_size: CRYPTO_HASH_SIZE };
-    Signature::calculate(base, options).into_serialized()
+    signature_of(base, base.len() as u64, SIGNATURE_CHUNK).expect("reading a slice cannot fail")
+}
+
+/// Serialized signature of the file at `path`, read in bounded chunks.
+///
+/// # Errors
+///
+/// [`DeltaError::Io`] with the path.
+pub fn signature_file(path: &Path) -> Result<Vec<u8>, DeltaError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let len = file.metadata().map_err(io_error(path))?.len();
+    signature_of(BufReader::new(file), len, SIGNATURE_CHUNK).map_err(io_error(path))
+}
+
+/// The signature of `len` bytes from `input`, computed `chunk` bytes (rounded
+/// to whole blocks) at a time: the blocks' entries do not depend on chunking.
+fn signature_of(mut input: impl Read, len: u64, chunk: usize) -> io::Result<Vec<u8>> {
+    let block_size = block_size_for(len);
+    let options = SignatureOptions { block_size, crypto_hash_size: CRYPTO_HASH_SIZE };
+    let per = (chunk / block_size as usize).max(1) * block_size as usize;
+    let mut out = Signature::calculate(&[], options).into_serialized();
+    let mut buf = vec![0u8; (per as u64).min(len) as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = (per as u64).min(left) as usize;
+        input.read_exact(&mut buf[..n])?;
+        out.extend_from_slice(&Signature::calculate(&buf[..n], options).serialized()[HEADER_BYTES..]);
+        left -= n as u64;
+    }
+    Ok(out)
 }
 
 /// Checks untrusted signature bytes, including what `fast_rsync::diff`
@@ -123,11 +165,111 @@ fn parse_signature(bytes: &[u8]) -> Result<Signature, DeltaError> {
 /// or larger than [`MAX_SIGNATURE_BYTES`]; [`DeltaError::Io`] (path
 /// `<delta output>`) when writing to `out` fails.
 pub fn diff(signature: &[u8], new: &[u8], out: impl Write) -> Result<(), DeltaError> {
-    let signature = parse_signature(signature)?;
-    fast_rsync::diff(&signature.index(), new, out).map_err(|e| match e {
-        DiffError::InvalidSignature => DeltaError::BadSignature(e.to_string()),
-        DiffError::Io(source) => io_error(Path::new(OUTPUT))(source),
-    })
+    diff_in_chunks(signature, new, out, DIFF_CHUNK)
+}
+
+fn diff_in_chunks(signature: &[u8], new: &[u8], out: impl Write, chunk: usize) -> Result<(), DeltaError> {
+    let parsed = parse_signature(signature)?;
+    let index = parsed.index();
+    let mut splice = Splice::new(out)?;
+    for part in new.chunks(chunk) {
+        splice.diff_chunk(&index, part)?;
+    }
+    splice.end()
+}
+
+/// Writes to `out` a delta that turns the base described by `signature` into
+/// the file at `path`, which must be `expected_size` bytes hashing to
+/// `expected`. The file is read and diffed in bounded chunks; the delta is
+/// complete only if the content matched (the end command is written last).
+///
+/// # Errors
+///
+/// [`DeltaError::Changed`] when the file is not the announced content; those of [`diff`].
+pub fn diff_file(
+    signature: &[u8],
+    path: &Path,
+    expected: Hash,
+    expected_size: u64,
+    out: impl Write,
+) -> Result<(), DeltaError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let changed = || DeltaError::Changed { path: path.to_path_buf() };
+    if file.metadata().map_err(io_error(path))?.len() != expected_size {
+        return Err(changed());
+    }
+    let parsed = parse_signature(signature)?;
+    let index = parsed.index();
+    let mut splice = Splice::new(out)?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; (DIFF_CHUNK as u64).min(expected_size) as usize];
+    let mut left = expected_size;
+    while left > 0 {
+        let n = (DIFF_CHUNK as u64).min(left) as usize;
+        file.read_exact(&mut buf[..n]).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => changed(),
+            _ => io_error(path)(e),
+        })?;
+        hasher.update(&buf[..n]);
+        splice.diff_chunk(&index, &buf[..n])?;
+        left -= n as u64;
+    }
+    if hasher.finalize() != expected {
+        return Err(changed());
+    }
+    splice.end()
+}
+
+/// Joins the deltas of consecutive chunks into one: each chunk's magic is
+/// dropped and its end command held back, so the commands follow each other.
+struct Splice<W> {
+    inner: W,
+    skip: usize,
+    held: Option<u8>,
+}
+
+impl<W: Write> Splice<W> {
+    /// Starts a delta: writes the magic.
+    fn new(mut inner: W) -> Result<Self, DeltaError> {
+        inner.write_all(&DELTA_MAGIC).map_err(io_error(Path::new(OUTPUT)))?;
+        Ok(Splice { inner, skip: 0, held: None })
+    }
+
+    /// Ends the delta: writes the end command.
+    fn end(mut self) -> Result<(), DeltaError> {
+        self.inner.write_all(&[0]).map_err(io_error(Path::new(OUTPUT)))
+    }
+
+    fn diff_chunk(&mut self, index: &fast_rsync::IndexedSignature<'_>, chunk: &[u8]) -> Result<(), DeltaError> {
+        self.skip = DELTA_MAGIC.len();
+        fast_rsync::diff(index, chunk, &mut *self).map_err(|e| match e {
+            DiffError::InvalidSignature => DeltaError::BadSignature(e.to_string()),
+            DiffError::Io(source) => io_error(Path::new(OUTPUT))(source),
+        })?;
+        match self.held.take() {
+            Some(0) => Ok(()),
+            _ => Err(DeltaError::BadDelta("a chunk's delta did not end with the end command".into())),
+        }
+    }
+}
+
+impl<W: Write> Write for Splice<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let skipped = self.skip.min(data.len());
+        self.skip -= skipped;
+        if let Some((last, rest)) = data[skipped..].split_last() {
+            if let Some(held) = self.held.take() {
+                self.inner.write_all(&[held])?;
+            }
+            self.inner.write_all(rest)?;
+            self.held = Some(*last);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Applies `delta` (untrusted bytes) to `base`, writing at most
@@ -148,12 +290,18 @@ pub fn apply_verified(
     expected_size: u64,
     out: impl Write,
 ) -> Result<(), DeltaError> {
-    let limit = usize::try_from(expected_size).unwrap_or(usize::MAX);
+    verified(base, delta, expected, expected_size, out)
+}
+
+fn verified<B: apply::ReadAt + ?Sized>(
+    base: &B,
+    delta: impl Read,
+    expected: Hash,
+    expected_size: u64,
+    out: impl Write,
+) -> Result<(), DeltaError> {
     let mut writer = HashingWriter::new(out);
-    fast_rsync::apply_limited(base, delta, &mut writer, limit).map_err(|e| match e {
-        ApplyError::Io(source) => io_error(Path::new(OUTPUT))(source),
-        other => DeltaError::BadDelta(other.to_string()),
-    })?;
+    apply::apply(base, delta, &mut writer, expected_size)?;
     writer.flush().map_err(io_error(Path::new(OUTPUT)))?;
     let (actual, actual_size, _) = writer.finish();
     if (actual, actual_size) != (expected, expected_size) {
@@ -162,51 +310,16 @@ pub fn apply_verified(
     Ok(())
 }
 
-/// A read-only memory map of a whole file (an empty slice for an empty
-/// file), so that large bases, new files and spooled deltas are never read
-/// into memory.
-#[derive(Debug)]
-pub struct Mapped {
-    /// `None` for an empty file: Linux refuses to map zero bytes.
-    map: Option<Mmap>,
-}
-
-impl Mapped {
-    /// Maps the file at `path`.
-    ///
-    /// # Errors
-    ///
-    /// [`DeltaError::Io`] with `path` when the file cannot be opened or mapped.
-    pub fn open(path: &Path) -> Result<Mapped, DeltaError> {
-        let file = File::open(path).map_err(io_error(path))?;
-        if file.metadata().map_err(io_error(path))?.len() == 0 {
-            return Ok(Mapped { map: None });
-        }
-        // SAFETY: the map is only sound while nobody modifies or truncates the
-        // file. Our callers map files in their own staging/temp directories or
-        // the store's immutable blobs, which nothing else writes. If the file
-        // were truncated concurrently anyway, reading the lost pages would
-        // raise SIGBUS (a crash, not silent corruption).
-        let map = unsafe { Mmap::map(&file) }.map_err(io_error(path))?;
-        Ok(Mapped { map: Some(map) })
-    }
-
-    /// The file's contents.
-    pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
-}
-
 /// Rebuilds a file for a receiver: applies the delta at `delta_path` to the
-/// file at `base_path` with [`apply_verified`], writing a new file at
-/// `out_path` (which must not exist), synced to disk when `fsync` is true.
-/// Syncing its directory and renaming it into place is the caller's job.
+/// file at `base_path` as a stream, writing a new file at `out_path` (which
+/// must not exist), verified against `expected`, synced to disk when `fsync`
+/// is true. Syncing its directory and renaming it into place is the caller's job.
 ///
 /// # Errors
 ///
-/// Those of [`Mapped::open`] and [`apply_verified`], and [`DeltaError::Io`]
-/// with `out_path` when it exists or cannot be written. On any error after
-/// `out_path` was created, it is removed, so nothing half-written is left.
+/// Those of [`apply_verified`], and [`DeltaError::Io`] with the path that
+/// could not be read or written. On any error after `out_path` was created,
+/// it is removed, so nothing half-written is left.
 pub fn apply_files(
     base_path: &Path,
     delta_path: &Path,
@@ -215,16 +328,18 @@ pub fn apply_files(
     expected_size: u64,
     fsync: bool,
 ) -> Result<(), DeltaError> {
-    let base = Mapped::open(base_path)?;
-    let delta = Mapped::open(delta_path)?;
-    let file = File::create_new(out_path).map_err(io_error(out_path))?;
-    let mut writer = BufWriter::new(file);
-    let (base, delta) = (base.bytes(), delta.bytes());
-    let written = apply_verified(base, delta, expected, expected_size, &mut writer)
+    let file = File::open(base_path).map_err(io_error(base_path))?;
+    let len = file.metadata().map_err(io_error(base_path))?.len();
+    let base = apply::BaseFile { file, len };
+    let delta = BufReader::with_capacity(256 << 10, File::open(delta_path).map_err(io_error(delta_path))?);
+    let out = File::create_new(out_path).map_err(io_error(out_path))?;
+    let mut writer = BufWriter::with_capacity(256 << 10, out);
+    let written = verified(&base, delta, expected, expected_size, &mut writer)
         .and_then(|()| finish_file(writer, fsync, out_path))
-        // The maps cannot fail with I/O errors: any comes from writing `out_path`.
         .map_err(|e| match e {
-            DeltaError::Io { source, .. } => io_error(out_path)(source),
+            DeltaError::Io { path, source } if path == Path::new(OUTPUT) => io_error(out_path)(source),
+            DeltaError::Io { path, source } if path == Path::new("<delta base>") => io_error(base_path)(source),
+            DeltaError::Io { path, source } if path == Path::new("<delta>") => io_error(delta_path)(source),
             other => other,
         });
     if written.is_err() {
@@ -415,8 +530,8 @@ mod tests {
         fs::write(path("base"), &base).unwrap();
         fs::write(path("delta"), delta_of(&base, &new)).unwrap();
         fs::write(path("empty"), b"").unwrap();
-        assert!(Mapped::open(&path("empty")).unwrap().bytes().is_empty());
-        let missing = Mapped::open(&path("missing"));
+        assert_eq!(signature_file(&path("empty")).unwrap(), signature(b""));
+        let missing = signature_file(&path("missing"));
         assert!(matches!(missing, Err(DeltaError::Io { path: p, .. }) if p == path("missing")));
         let (base, delta, size) = (path("base"), path("delta"), new.len() as u64);
         let apply = |out: &str, hash| apply_files(&base, &delta, &path(out), hash, size, true);
@@ -428,5 +543,46 @@ mod tests {
         let exists = apply("out", Hash::of(&new));
         assert!(matches!(exists, Err(DeltaError::Io { path: p, .. }) if p == path("out")));
         assert!(fs::read(path("out")).unwrap() == new, "existing file untouched");
+    }
+
+    #[test]
+    fn chunked_signatures_and_diffs_equal_whole_ones() {
+        let base = noise(700_000, 12);
+        let whole = signature(&base);
+        for chunk in [1, 4096, 10_000, 699_999, 1 << 20] {
+            assert_eq!(signature_of(&base[..], base.len() as u64, chunk).unwrap(), whole, "chunk {chunk}");
+        }
+        let mut new = base.clone();
+        new[300_000..300_100].fill(9);
+        new.splice(500_000..500_000, noise(3000, 13));
+        for chunk in [1000, 65_536, 333_333, 1 << 22] {
+            let mut delta = Vec::new();
+            diff_in_chunks(&whole, &new, &mut delta, chunk).unwrap();
+            let (result, out) = rebuild(&base, &delta, &new);
+            result.unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+            assert!(out == new);
+            if chunk >= 65_536 {
+                assert!(delta.len() < new.len() / 20, "chunk {chunk}: {} bytes", delta.len());
+            }
+        }
+    }
+
+    #[test]
+    fn diff_file_checks_the_content_it_diffs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base_path, new_path) = (dir.path().join("base"), dir.path().join("new"));
+        let base = noise(300_000, 14);
+        let mut new = base.clone();
+        new[1000..2000].fill(3);
+        fs::write(&base_path, &base).unwrap();
+        fs::write(&new_path, &new).unwrap();
+        let sig = signature_file(&base_path).unwrap();
+        let mut delta = Vec::new();
+        diff_file(&sig, &new_path, Hash::of(&new), new.len() as u64, &mut delta).unwrap();
+        rebuild(&base, &delta, &new).0.unwrap();
+        let stale = diff_file(&sig, &new_path, Hash::of(&base), new.len() as u64, io::sink());
+        assert!(matches!(stale, Err(DeltaError::Changed { .. })), "{stale:?}");
+        let resized = diff_file(&sig, &new_path, Hash::of(&new), 5, io::sink());
+        assert!(matches!(resized, Err(DeltaError::Changed { .. })));
     }
 }

@@ -1,8 +1,8 @@
 //! Content hashing: the only user of `blake3`.
 //!
 //! Owns the [`Hash`] type that names blobs and manifests, streaming hashing
-//! ([`Hasher`]), and hashing whole files (memory-mapped, in parallel for large
-//! ones). It does not decide *which* files to hash; the scanner and its hash
+//! ([`Hasher`]), and hashing whole files (in bounded chunks, on several cores
+//! for large ones). It does not decide *which* files to hash; the scanner and its hash
 //! cache do that.
 
 pub mod cache;
@@ -131,20 +131,48 @@ impl<W: io::Write> io::Write for HashingWriter<W> {
     }
 }
 
-/// Hashes a whole file: memory-mapped, and multi-threaded when it is large.
+/// Bytes read at once when hashing a large file.
+const HASH_CHUNK: usize = 16 << 20;
+
+/// Hashes a whole file, reading it in bounded chunks; large files are hashed
+/// on several cores. Files are read, not memory-mapped: a cache file that
+/// another process truncates while we hash it must give an error or a stale
+/// hash, never a SIGBUS, and memory stays bounded whatever the file's size.
 ///
 /// # Errors
 ///
-/// The I/O error of opening, mapping or reading the file.
+/// The I/O error of opening or reading the file.
 pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
-    let len = std::fs::metadata(path)?.len();
-    if len >= PARALLEL_HASH_MIN {
-        hasher.update_mmap_rayon(path)?;
-    } else {
-        hasher.update_mmap(path)?;
+    let mut buf = vec![0u8; (len.min(HASH_CHUNK as u64) as usize).max(1)];
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if n as u64 >= PARALLEL_HASH_MIN {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
+        }
     }
     Ok((Hash(*hasher.finalize().as_bytes()), hasher.count()))
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut impl std::io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]

@@ -46,6 +46,23 @@ fn init_tracing(settings: &Settings, long_running: bool) {
     }
 }
 
+/// The error and its causes on one line, each cause once: library errors
+/// often already include their source in their own message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flags = flag_overrides(&cli);
@@ -67,7 +84,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cachesync::commands::run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cachesync: {e:#}");
+            eprintln!("cachesync: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

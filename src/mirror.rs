@@ -72,6 +72,8 @@ impl Mirror {
         info!(%addr, "mirror listening");
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(crate::rpc::STREAM_WINDOW)
+            .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW)
             .add_service(self.service.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
             .await?;

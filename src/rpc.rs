@@ -33,6 +33,11 @@ pub const MAX_CHUNK: usize = 1 << 20;
 pub const MAX_MESSAGE: usize = 2 << 20;
 /// Most hashes in one request or response.
 pub const MAX_HASHES: usize = 8192;
+/// HTTP/2 flow-control window per stream: several chunks in flight, so a
+/// receiver never waits a round trip for the next one.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection (streams share it).
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Largest manifest accepted (about two million entries).
 pub const MAX_MANIFEST: u64 = 256 << 20;
 

@@ -210,6 +210,24 @@ impl Store {
     ///
     /// Backend errors.
     pub async fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        if let Some(root) = self.local_root.clone() {
+            // One blocking task of plain stats instead of a task per object.
+            let hashes = hashes.to_vec();
+            return tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                for h in hashes {
+                    let path = root.join(Self::blob_path(&h).as_ref());
+                    match std::fs::symlink_metadata(&path) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(h),
+                        Err(source) => return Err(StoreError::Io { path, source }),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .expect("stat task panicked");
+        }
         let found: Vec<(Hash, bool)> = futures::stream::iter(hashes.iter().copied())
             .map(|h| async move { self.has_blob(&h).await.map(|has| (h, has)) })
             .buffered(64)

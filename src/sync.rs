@@ -38,6 +38,22 @@ pub struct SyncOptions {
     pub progress: bool,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// Concurrent blob streams per transfer.
+    pub streams: usize,
+}
+
+/// Splits `items` into at most `n` groups of about equal total size (largest
+/// first, each to the lightest group), dropping empty groups.
+pub fn split_balanced<T>(mut items: Vec<T>, size: impl Fn(&T) -> u64, n: usize) -> Vec<Vec<T>> {
+    let n = n.max(1);
+    items.sort_by_key(|i| std::cmp::Reverse(size(i)));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for item in items {
+        let lightest = groups.iter_mut().min_by_key(|(total, g)| (*total, g.len())).expect("n >= 1");
+        lightest.0 += size(&item);
+        lightest.1.push(item);
+    }
+    groups.into_iter().map(|(_, g)| g).filter(|g| !g.is_empty()).collect()
 }
 
 /// Why a push or pull failed.
@@ -116,5 +132,21 @@ fn cache_path(state_dir: &Path, root: &Path) -> PathBuf {
 fn save_cache(cache: &HashCache, path: &Path) {
     if let Err((path, e)) = cache.save(path) {
         tracing::warn!(path = %path.display(), error = %e, "could not save the hash cache; the next scan will hash again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_balanced;
+
+    #[test]
+    fn split_balanced_evens_out_sizes_and_keeps_everything() {
+        let groups = split_balanced(vec![100, 1, 1, 1, 50, 50, 0], |x| *x, 3);
+        let totals: Vec<u64> = groups.iter().map(|g| g.iter().sum()).collect();
+        assert_eq!(totals, vec![100, 52, 51]);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 7);
+        assert_eq!(split_balanced(vec![5, 6], |x| *x, 8).len(), 2, "no empty groups");
+        assert!(split_balanced(Vec::<u64>::new(), |x| *x, 4).is_empty());
+        assert_eq!(split_balanced(vec![1, 2], |x| *x, 0).len(), 1);
     }
 }

@@ -51,6 +51,14 @@ pub enum ClientError {
         /// The server's version.
         theirs: u32,
     },
+    /// The connection broke during a call.
+    #[error("lost the connection to the mirror at {url}: {why}")]
+    Lost {
+        /// The URL.
+        url: String,
+        /// What the transport said.
+        why: String,
+    },
     /// The mirror answered with an error.
     #[error("the mirror at {url} refused: {message}")]
     Refused {
@@ -168,6 +176,8 @@ impl Client {
         let channel = endpoint
             .connect_timeout(timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
             .connect_with_connector(connector)
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
@@ -190,8 +200,16 @@ impl Client {
     }
 
     fn refused(&self, status: Status) -> ClientError {
+        let why = match std::error::Error::source(&status) {
+            Some(source) => source_chain(source),
+            None => status.message().to_string(),
+        };
         match status.code() {
-            Code::Unavailable => ClientError::Unreachable { url: self.url.clone(), why: status.message().to_string() },
+            Code::Unavailable => ClientError::Unreachable { url: self.url.clone(), why },
+            // tonic reports a connection that broke mid-call as Unknown "transport error".
+            Code::Unknown if status.message().contains("transport error") => {
+                ClientError::Lost { url: self.url.clone(), why }
+            }
             code => ClientError::Refused { url: self.url.clone(), code, message: status.message().to_string() },
         }
     }

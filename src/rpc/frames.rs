@@ -61,15 +61,56 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FrameError + '_ {
 /// Where frames go: returns `Err(Gone)` once the other side hung up.
 pub(crate) type Send<'a> = dyn FnMut(pb::BlobFrame) -> Result<(), FrameError> + 'a;
 
+/// Compresses a chunk with zstd when that pays. Large chunks are probed
+/// first: if a 16 KiB sample does not shrink (already compressed data, like
+/// Go's module zips), the chunk is sent as it is without spending the CPU.
 fn compress(data: Vec<u8>, level: i32) -> (Vec<u8>, bool) {
+    const SAMPLE: usize = 16 << 10;
+    if level > 0 && data.len() > 4 * SAMPLE {
+        let at = data.len() / 2 - SAMPLE / 2;
+        let probe = zstd::bulk::compress(&data[at..at + SAMPLE], 1).map_or(SAMPLE, |c| c.len());
+        // (level 1 on a small sample: a throwaway context is cheap here)
+        if probe > SAMPLE - SAMPLE / 16 {
+            return (data, false);
+        }
+    }
     if level > 0
         && data.len() >= 512
-        && let Ok(c) = zstd::bulk::compress(&data, level)
+        && let Some(c) = with_compressor(level, |z| z.compress(&data).ok())
         && c.len() < data.len() - data.len() / 16
     {
         return (c, true);
     }
     (data, false)
+}
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's zstd compressor for `level` (contexts are
+/// costly to create, and every blocking thread compresses many chunks).
+fn with_compressor<T>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> Option<T>) -> Option<T> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        f(&mut slot.as_mut()?.1)
+    })
+}
+
+/// Decompresses one chunk, refusing output beyond [`MAX_CHUNK`].
+fn decompress(data: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let bad = |e: std::io::Error| FrameError::Protocol(format!("bad zstd chunk: {e}"));
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(bad)?);
+        }
+        slot.as_mut().expect("set above").decompress(data, MAX_CHUNK).map_err(bad)
+    })
 }
 
 /// Sends the file at `path` as blob `hash` of `size` bytes, checking on the
@@ -91,11 +132,11 @@ pub(crate) fn send_file(
     let mut sent = 0u64;
     loop {
         let want = (size - sent).min(MAX_CHUNK as u64) as usize;
-        let mut buf = vec![0u8; want];
-        file.read_exact(&mut buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => FrameError::Changed { path: path.to_path_buf() },
-            _ => FrameError::Io { path: path.to_path_buf(), source: e },
-        })?;
+        let mut buf = Vec::with_capacity(want);
+        let got = (&mut file).take(want as u64).read_to_end(&mut buf).map_err(io_err(path))?;
+        if got < want {
+            return Err(FrameError::Changed { path: path.to_path_buf() });
+        }
         hasher.update(&buf);
         sent += want as u64;
         let last = sent == size;
@@ -127,12 +168,13 @@ pub(crate) struct DeltaWriter<'a, 'b> {
     level: i32,
     buf: Vec<u8>,
     started: bool,
+    gone: bool,
     send: &'a mut Send<'b>,
 }
 
 impl<'a, 'b> DeltaWriter<'a, 'b> {
     pub(crate) fn new(hash: Hash, size: u64, base: Hash, level: i32, send: &'a mut Send<'b>) -> Self {
-        DeltaWriter { hash, size, base, level, buf: Vec::with_capacity(MAX_CHUNK), started: false, send }
+        DeltaWriter { hash, size, base, level, buf: Vec::with_capacity(MAX_CHUNK), started: false, gone: false, send }
     }
 
     fn emit(&mut self, last: bool) -> Result<(), FrameError> {
@@ -140,14 +182,21 @@ impl<'a, 'b> DeltaWriter<'a, 'b> {
         let (data, zstd) = compress(data, self.level);
         let first = !self.started;
         self.started = true;
-        (self.send)(pb::BlobFrame {
+        let sent = (self.send)(pb::BlobFrame {
             hash: if first { self.hash.as_bytes().to_vec() } else { Vec::new() },
             size: if first { self.size } else { 0 },
             delta_base: if first { self.base.as_bytes().to_vec() } else { Vec::new() },
             data,
             zstd,
             last,
-        })
+        });
+        self.gone = matches!(sent, Err(FrameError::Gone));
+        sent
+    }
+
+    /// True once the receiving side hung up: the error to report is theirs.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone
     }
 
     /// Sends the final frame.
@@ -234,12 +283,7 @@ impl FrameReceiver {
             (Some(_), true) => {}
         }
         let cur = self.current.as_mut().expect("started above");
-        let data = if frame.zstd {
-            zstd::bulk::decompress(&frame.data, MAX_CHUNK)
-                .map_err(|e| FrameError::Protocol(format!("bad zstd chunk: {e}")))?
-        } else {
-            frame.data
-        };
+        let data = if frame.zstd { decompress(&frame.data)? } else { frame.data };
         if data.len() > MAX_CHUNK || cur.written + data.len() as u64 > cur.limit {
             return proto("blob larger than announced");
         }

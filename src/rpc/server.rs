@@ -223,8 +223,7 @@ impl CacheSync for MirrorService {
         let h = hash_from(&req.into_inner().hash, "signature base")?;
         let file = self.store.blob_file(&h).await.map_err(ServerError::from)?;
         let sig = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ServerError> {
-            let mapped = delta::Mapped::open(&file.path)?;
-            Ok(delta::signature(mapped.bytes()))
+            Ok(delta::signature_file(&file.path)?)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
@@ -241,12 +240,15 @@ impl CacheSync for MirrorService {
         let (tx, rx) = mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let result = (|| -> Result<(), ServerError> {
-                let mapped = delta::Mapped::open(&file.path)?;
+                let size = std::fs::metadata(&file.path).map_err(|e| ServerError::BadRequest(e.to_string()))?.len();
                 let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
-                let size = mapped.bytes().len() as u64;
                 let mut writer = frames::DeltaWriter::new(h, size, Hash::from_bytes([0; 32]), level, &mut send);
-                delta::diff(&req.signature, mapped.bytes(), &mut writer)?;
-                writer.finish().map_err(|e| ServerError::Precondition(e.to_string()))
+                match delta::diff_file(&req.signature, &file.path, h, size, &mut writer) {
+                    Err(_) if writer.is_gone() => Ok(()), // the client hung up
+                    Err(delta::DeltaError::Changed { .. }) => Err(ServerError::Corrupt(h)),
+                    Err(e) => Err(e.into()),
+                    Ok(()) => writer.finish().map_err(|e| ServerError::Precondition(e.to_string())),
+                }
             })();
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(e.into()));

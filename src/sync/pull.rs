@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::plan::{PlanOptions, plan_pull};
 use super::tree::Tree;
-use super::{Report, SyncError, SyncOptions, cache_path, save_cache};
+use super::{Report, SyncError, SyncOptions, cache_path, save_cache, split_balanced};
 use crate::delta;
 use crate::hash::Hash;
 use crate::hash::cache::{FileKey, HashCache};
@@ -34,6 +34,25 @@ pub struct PullRequest {
     pub delete: bool,
 }
 
+impl PullRequest {
+    /// Checks what can be checked before connecting: the key, the restore
+    /// prefixes, and that the root is a directory if it exists.
+    ///
+    /// # Errors
+    ///
+    /// [`SyncError::Key`], [`SyncError::NotADirectory`].
+    pub fn validate(&self) -> Result<(), SyncError> {
+        crate::store::check_key(&self.key)?;
+        for prefix in &self.restore_prefixes {
+            crate::store::check_prefix(prefix)?;
+        }
+        if std::fs::symlink_metadata(&self.root).is_ok_and(|m| !m.is_dir()) {
+            return Err(SyncError::NotADirectory(self.root.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// Files placed so far, for the hash cache.
 type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
 
@@ -45,7 +64,7 @@ type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
 /// I/O errors. Files already placed are complete; nothing is half-written.
 pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
-    crate::store::check_key(&req.key)?;
+    req.validate()?;
     let snapshot =
         client.resolve(&req.key, &req.restore_prefixes).await?.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
     let manifest = client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?;
@@ -109,9 +128,18 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
         }
     }
     report.blobs_whole = whole.len() as u64;
-    for batch in whole.chunks(MAX_HASHES) {
-        fetch_whole(client, &tree, &manifest, batch, &placed, &progress).await?;
-    }
+    let size = |(_, targets): &(Hash, Vec<usize>)| manifest.entries()[targets[0]].size;
+    let streams = split_balanced(whole, size, opts.streams).into_iter().map(|group| {
+        let (mut client, tree, manifest, placed, progress) =
+            (client.clone(), tree.clone(), manifest.clone(), placed.clone(), progress.clone());
+        async move {
+            for batch in group.chunks(MAX_HASHES) {
+                fetch_whole(&mut client, &tree, &manifest, batch, &placed, &progress).await?;
+            }
+            Ok::<(), SyncError>(())
+        }
+    });
+    futures::future::try_join_all(streams).await?;
     progress.finish();
     let (t, m) = (tree.clone(), manifest.clone());
     tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
@@ -205,9 +233,8 @@ async fn fetch_delta(
 ) -> Result<(), SyncError> {
     let base_path = tree.path(base);
     let bp = base_path.clone();
-    let signature = tokio::task::spawn_blocking(move || delta::Mapped::open(&bp).map(|m| delta::signature(m.bytes())))
-        .await
-        .expect("signature task panicked")?;
+    let signature =
+        tokio::task::spawn_blocking(move || delta::signature_file(&bp)).await.expect("signature task panicked")?;
     let (t, p) = (tree.clone(), placed.clone());
     let size = entries[0].size;
     client

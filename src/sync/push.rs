@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tracing::info;
+use tracing::{debug, info};
 
 use super::plan::{PlanOptions, Upload, plan_push};
-use super::{Report, SyncError, SyncOptions, cache_path, save_cache};
+use super::{Report, SyncError, SyncOptions, cache_path, save_cache, split_balanced};
 use crate::delta;
 use crate::hash::cache::HashCache;
 use crate::profile::Profile;
@@ -26,6 +26,21 @@ pub struct PushRequest {
     pub profile: Profile,
 }
 
+impl PushRequest {
+    /// Checks what can be checked before connecting: the key and the directory.
+    ///
+    /// # Errors
+    ///
+    /// [`SyncError::Key`], [`SyncError::NotADirectory`].
+    pub fn validate(&self) -> Result<(), SyncError> {
+        crate::store::check_key(&self.key)?;
+        if !self.root.is_dir() {
+            return Err(SyncError::NotADirectory(self.root.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// Pushes `req.root` to the mirror behind `client` as a new snapshot of `req.key`.
 ///
 /// # Errors
@@ -33,10 +48,7 @@ pub struct PushRequest {
 /// Scan, transport and mirror errors; the mirror's previous state is kept.
 pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
-    if !req.root.is_dir() {
-        return Err(SyncError::NotADirectory(req.root.clone()));
-    }
-    crate::store::check_key(&req.key)?;
+    req.validate()?;
     let cache_file = cache_path(&opts.state_dir, &req.root);
     let (root, profile) = (req.root.clone(), req.profile);
     let scanned = tokio::task::spawn_blocking(move || {
@@ -48,6 +60,7 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     .await
     .expect("scan task panicked")?;
     let local = scanned.manifest;
+    debug!(ms = started.elapsed().as_millis() as u64, hashed = scanned.hashed_files, "push: scanned");
     let mut report = Report {
         key: req.key.clone(),
         files: local.file_count(),
@@ -70,6 +83,7 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     hashes.sort_unstable();
     hashes.dedup();
     let missing = client.missing(&hashes).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, missing = missing.len(), "push: asked what the mirror lacks");
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile: req.profile };
     let uploads = plan_push(&local, previous.as_ref(), &missing, popts);
     let total: u64 = uploads
@@ -94,9 +108,11 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
         }
     }
     report.blobs_whole = whole.len() as u64;
-    send_whole(client, &req.root, whole, opts.compression_level, progress.clone()).await?;
+    send_whole(client, &req.root, whole, opts, progress.clone()).await?;
     progress.finish();
+    debug!(ms = started.elapsed().as_millis() as u64, "push: blobs sent");
     let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string()).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, "push: committed");
     report.generation = snapshot.generation;
     report.unchanged = unchanged;
     report.finish(client, started);
@@ -117,38 +133,46 @@ async fn send_delta(
     let path = path.to_path_buf();
     let rejected = client
         .put_blobs(move |send| {
-            let mapped = delta::Mapped::open(&path).map_err(|e| FrameError::Handler(e.to_string()))?;
-            if mapped.bytes().len() as u64 != size || crate::hash::Hash::of(mapped.bytes()) != hash {
-                return Err(FrameError::Changed { path });
-            }
             let mut writer = DeltaWriter::new(hash, size, base, level, send);
-            delta::diff(&signature, mapped.bytes(), &mut writer).map_err(|e| FrameError::Handler(e.to_string()))?;
-            writer.finish()
+            match delta::diff_file(&signature, &path, hash, size, &mut writer) {
+                Ok(()) => writer.finish(),
+                Err(_) if writer.is_gone() => Err(FrameError::Gone),
+                Err(delta::DeltaError::Changed { path }) => Err(FrameError::Changed { path }),
+                Err(e) => Err(FrameError::Handler(e.to_string())),
+            }
         })
         .await?;
     Ok(rejected.is_empty())
 }
 
+/// Sends whole files over `opts.streams` concurrent streams, balanced by size,
+/// so reading, compressing and the mirror's writing run in parallel.
 async fn send_whole(
-    client: &mut Client,
+    client: &Client,
     root: &std::path::Path,
     uploads: Vec<Upload>,
-    level: i32,
+    opts: &SyncOptions,
     progress: Progress,
 ) -> Result<(), SyncError> {
-    if uploads.is_empty() {
-        return Ok(());
-    }
-    let root = root.to_path_buf();
-    client
-        .put_blobs(move |send| {
-            for u in uploads {
-                if let Upload::Whole { hash, path, size } = u {
-                    frames::send_file(&root.join(&path), hash, size, level, send, &|n| progress.inc(n))?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
+    let size = |u: &Upload| match u {
+        Upload::Whole { size, .. } | Upload::Delta { size, .. } => *size,
+    };
+    let calls = split_balanced(uploads, size, opts.streams).into_iter().map(|group| {
+        let (mut client, root, progress, level) =
+            (client.clone(), root.to_path_buf(), progress.clone(), opts.compression_level);
+        async move {
+            client
+                .put_blobs(move |send| {
+                    for u in group {
+                        if let Upload::Whole { hash, path, size } = u {
+                            frames::send_file(&root.join(&path), hash, size, level, send, &|n| progress.inc(n))?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+        }
+    });
+    futures::future::try_join_all(calls).await?;
     Ok(())
 }

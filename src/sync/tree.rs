@@ -58,6 +58,7 @@ impl Tree {
     /// I/O errors creating the root or staging directory.
     pub fn open(root: &Path, fsync: bool, replace: bool) -> Result<Tree> {
         fs::create_dir_all(root).map_err(at(root))?;
+        make_writable_dir(root)?;
         let staging = root.join(STAGING_DIR);
         if fs::symlink_metadata(&staging).is_ok() {
             remove_all(&staging)?;

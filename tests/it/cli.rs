@@ -20,8 +20,20 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// state and data directory, no colours, backtraces on (so a panic would
 /// show one), and no `CACHESYNC_*` variable but those in `env`.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    run_via(&[], args, env)
+}
+
+/// [`run`] behind a wrapper command (`setpriv …` to drop privileges).
+fn run_via(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(bin());
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(bin()),
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(bin());
+            c
+        }
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CACHESYNC_") {
             cmd.env_remove(&key);
@@ -223,7 +235,8 @@ fn a_mirror_whose_store_cannot_be_created_names_the_path() {
 fn an_unknown_profile_is_one_line() {
     let t = tempfile::tempdir().unwrap();
     write(t.path(), "f", b"data");
-    let (code, stdout, stderr) = run(&["push", "--mirror", "http://127.0.0.1:1", "--key", "k", "--profile", "nope", s(t.path())], &[]);
+    let (code, stdout, stderr) =
+        run(&["push", "--mirror", "http://127.0.0.1:1", "--key", "k", "--profile", "nope", s(t.path())], &[]);
     assert!(matches!(code, FAILURE | USAGE), "exit code {code}; stderr: {stderr}");
     assert_eq!(stdout, "");
     assert_one_line_error(&stderr, &["unknown profile", "nope"]);
@@ -258,15 +271,15 @@ fn scanning_a_missing_directory_names_it() {
 
 #[test]
 fn an_unreadable_file_names_the_path() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!("skipped: root reads files whatever their mode");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     write(t.path(), "secret", b"data");
     set_mode(&t.path().join("secret"), 0o000);
-    let out = run(&["scan", s(t.path())], &[]);
+    set_mode(t.path(), 0o755);
+    // Root reads files whatever their mode: drop to nobody to meet a real EACCES.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wrapper: &[&str] = if root { &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] } else { &[] };
+    let out = run_via(wrapper, &["scan", s(t.path())], &[]);
     assert_fails(&out, FAILURE, &["secret"]);
 }
 
@@ -277,7 +290,8 @@ async fn json_push_and_pull_print_one_object_with_sizes_and_wire_bytes() {
     let size = random_tree(&src);
     let mirror = spawn_mirror(&t.path().join("store")).await;
 
-    let (code, stdout, stderr) = run_async(&["push", "--mirror", &mirror.url, "--key", "ci/json", "--json", s(&src)], &[]).await;
+    let (code, stdout, stderr) =
+        run_async(&["push", "--mirror", &mirror.url, "--key", "ci/json", "--json", s(&src)], &[]).await;
     assert_eq!((code, stderr.as_str()), (0, ""), "stdout: {stdout}");
     let pushed = one_json_object(&stdout);
     assert_eq!(number(&pushed, "files"), 4);
@@ -286,7 +300,8 @@ async fn json_push_and_pull_print_one_object_with_sizes_and_wire_bytes() {
     number(&pushed, "bytes_received");
     number(&pushed, "duration_ms");
 
-    let (code, stdout, stderr) = run_async(&["pull", "--mirror", &mirror.url, "--key", "ci/json", "--json", s(&dst)], &[]).await;
+    let (code, stdout, stderr) =
+        run_async(&["pull", "--mirror", &mirror.url, "--key", "ci/json", "--json", s(&dst)], &[]).await;
     assert_eq!((code, stderr.as_str()), (0, ""), "stdout: {stdout}");
     let pulled = one_json_object(&stdout);
     assert_eq!(number(&pulled, "files"), 4);

@@ -35,7 +35,8 @@ impl Drop for TestMirror {
 
 /// Starts a mirror over `store` on an ephemeral port.
 pub async fn spawn_mirror(store: &Path) -> TestMirror {
-    let settings = MirrorSettings { listen: "127.0.0.1:0".into(), store: store.to_string_lossy().into(), max_blob_bytes: 1 << 34 };
+    let settings =
+        MirrorSettings { listen: "127.0.0.1:0".into(), store: store.to_string_lossy().into(), max_blob_bytes: 1 << 34 };
     let mirror = Mirror::bind(&settings, &TransferSettings::default()).await.unwrap();
     let url = format!("http://{}", mirror.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -57,6 +58,7 @@ pub fn options(state: &Path) -> SyncOptions {
         state_dir: state.to_path_buf(),
         progress: false,
         connect_timeout: Duration::from_secs(5),
+        streams: 4,
     }
 }
 
@@ -85,7 +87,12 @@ pub fn set_mode(path: &Path, mode: u32) {
 }
 
 pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
-    filetime::set_symlink_file_times(path, filetime::FileTime::from_unix_time(secs, nanos), filetime::FileTime::from_unix_time(secs, nanos)).unwrap();
+    filetime::set_symlink_file_times(
+        path,
+        filetime::FileTime::from_unix_time(secs, nanos),
+        filetime::FileTime::from_unix_time(secs, nanos),
+    )
+    .unwrap();
 }
 
 /// Every entry of a tree (skipping our staging directory) with what a pull must reproduce.

@@ -14,11 +14,12 @@ use tonic::{Code, Request, Status};
 
 use crate::helpers::*;
 
-type Raw = CacheSyncClient<InterceptedService<Channel, Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>>>;
+type Intercept = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type Raw = CacheSyncClient<InterceptedService<Channel, Intercept>>;
 
 async fn raw(url: &str, version: Option<&'static str>) -> Raw {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
-    let intercept: Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send> = Box::new(move |mut req| {
+    let intercept: Intercept = Box::new(move |mut req| {
         if let Some(v) = version {
             req.metadata_mut().insert("cachesync-protocol", v.parse().unwrap());
         }
@@ -87,7 +88,13 @@ async fn commits_with_unsafe_paths_are_refused_and_change_nothing() {
     for entries in UNSAFE {
         let err = commit_raw(&mut client, "evil", &raw_manifest(entries)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{entries:?}: {err:?}");
-        assert!(err.message().contains("unsafe path") || err.message().contains("symlink") || err.message().contains("parent"), "{}", err.message());
+        assert!(
+            err.message().contains("unsafe path")
+                || err.message().contains("symlink")
+                || err.message().contains("parent"),
+            "{}",
+            err.message()
+        );
     }
     assert_eq!(key_count(&mirror.url).await, 0);
     assert!(!mirror.store.join("manifests").exists(), "no manifest was stored");
@@ -134,7 +141,9 @@ async fn a_local_symlink_is_never_written_through() {
     let mirror = spawn_mirror(&t.path().join("store")).await;
     let opts = options(&t.path().join("state"));
     let mut client = connect(&mirror.url).await;
-    sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts).await.unwrap();
+    sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts)
+        .await
+        .unwrap();
     let mut req = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
     let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
     assert!(err.contains("--delete"), "{err}");
@@ -178,7 +187,8 @@ async fn corrupt_blobs_and_deltas_from_the_mirror_are_never_made_visible() {
     // Bit rot in the mirror's copies of both new blobs.
     flip_byte(&blob_path(&store, &v2), 1_500_000);
     flip_byte(&blob_path(&store, &random_bytes(7, 300_000)), 10);
-    let err = sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap_err();
+    let err =
+        sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap_err();
     assert!(err.to_string().contains("is corrupt") && err.to_string().contains("blake3"), "{err}");
     assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), v1, "the old content stays");
     assert!(!dst.join("new.bin").exists(), "a corrupt new file never appears");
@@ -201,7 +211,13 @@ async fn corrupt_or_malformed_uploads_are_refused_and_nothing_is_stored() {
     let base = random_bytes(9, 1 << 20);
     write(&src, "base.bin", &base);
     let mirror = spawn_mirror(&store).await;
-    sync::push(&mut connect(&mirror.url).await, &PushRequest { root: src, key: "k".into(), profile: Profile::Generic }, &options(&t.path().join("s"))).await.unwrap();
+    sync::push(
+        &mut connect(&mirror.url).await,
+        &PushRequest { root: src, key: "k".into(), profile: Profile::Generic },
+        &options(&t.path().join("s")),
+    )
+    .await
+    .unwrap();
     let mut client = raw(&mirror.url, Some("1")).await;
     let claimed = Hash::of(b"what the peer claims");
     let h = claimed.as_bytes();
@@ -235,7 +251,11 @@ async fn version_mismatch_unknown_blobs_and_oversized_requests_get_clear_statuse
         let mut client = raw(&mirror.url, version).await;
         let err = client.hello(pb::HelloRequest { protocol: 99 }).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
-        assert!(err.message().contains("protocol version mismatch") && err.message().contains(shown), "{}", err.message());
+        assert!(
+            err.message().contains("protocol version mismatch") && err.message().contains(shown),
+            "{}",
+            err.message()
+        );
     }
     let mut client = raw(&mirror.url, Some("1")).await;
     let err = commit_raw(&mut client, "k", &raw_manifest(&[(0, "f", "")])).await.unwrap_err();

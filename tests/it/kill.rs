@@ -4,6 +4,7 @@
 //! the job. The side that is killed is always a real `cachesync` process.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -12,7 +13,7 @@ use std::thread::JoinHandle;
 
 use cachesync::profile::Profile;
 use cachesync::store::SnapshotRecord;
-use cachesync::sync::{self, PullRequest, PushRequest};
+use cachesync::sync::{self, PullRequest, PushRequest, SyncOptions};
 
 use crate::helpers::*;
 
@@ -22,6 +23,14 @@ const BIG: usize = 32 << 20;
 const BIG_FILES: u64 = 6;
 /// How long a process may take for a whole job before the test gives up.
 const JOB_SECS: u64 = 60;
+/// Files are moved whole: computing a delta between two unrelated 32 MiB
+/// files takes a debug build some 13 s, and what a kill may interrupt (staged
+/// bytes, renames into place, the commit) is the same for both kinds.
+const NO_DELTAS: u64 = 1 << 40;
+
+fn opts(state: &Path) -> SyncOptions {
+    SyncOptions { delta_min_size: NO_DELTAS, ..options(state) }
+}
 
 /// Writes version `v` of the tree: every big file and `version.txt` differ between versions.
 fn write_tree(root: &Path, v: u64) {
@@ -74,12 +83,13 @@ struct Proc {
 
 impl Proc {
     /// Runs `cachesync ARGS` with its hash cache under `state`.
-    fn start(state: &Path, args: &[&std::ffi::OsStr]) -> Proc {
+    fn start(state: &Path, args: &[&OsStr]) -> Proc {
         let mut cmd = Command::new(bin());
-        cmd.args(args).env("XDG_STATE_HOME", state).env("NO_COLOR", "1");
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CACHESYNC_")) {
             cmd.env_remove(k);
         }
+        cmd.args(args).env("XDG_STATE_HOME", state).env("NO_COLOR", "1");
+        cmd.env("CACHESYNC_TRANSFER__DELTA_MIN_SIZE", NO_DELTAS.to_string());
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let (stdout, out_reader) = capture(child.stdout.take().unwrap());
         let (stderr, err_reader) = capture(child.stderr.take().unwrap());
@@ -146,23 +156,24 @@ impl Drop for Proc {
     }
 }
 
-fn push_proc(state: &Path, url: &str, dir: &Path) -> Proc {
-    Proc::start(state, &["push".as_ref(), "--mirror".as_ref(), url.as_ref(), "--key".as_ref(), KEY.as_ref(), dir.as_ref()])
-}
-
-fn pull_proc(state: &Path, url: &str, dir: &Path) -> Proc {
-    Proc::start(state, &["pull".as_ref(), "--mirror".as_ref(), url.as_ref(), "--key".as_ref(), KEY.as_ref(), dir.as_ref()])
+/// `cachesync push|pull --mirror URL --key KEY DIR`.
+fn sync_proc(command: &str, state: &Path, url: &str, dir: &Path) -> Proc {
+    let args: [&OsStr; 6] =
+        [command.as_ref(), "--mirror".as_ref(), url.as_ref(), "--key".as_ref(), KEY.as_ref(), dir.as_ref()];
+    Proc::start(state, &args)
 }
 
 /// A mirror process over `store`, and its URL once it listens.
 async fn mirror_proc(state: &Path, store: &Path) -> (Proc, String) {
-    let args: [&std::ffi::OsStr; 5] = ["mirror".as_ref(), "--listen".as_ref(), "127.0.0.1:0".as_ref(), "--store".as_ref(), store.as_ref()];
+    let args: [&OsStr; 5] =
+        ["mirror".as_ref(), "--listen".as_ref(), "127.0.0.1:0".as_ref(), "--store".as_ref(), store.as_ref()];
     let mut mirror = Proc::start(state, &args);
     let log = mirror.stderr.clone();
     mirror.wait_while_running("the mirror to listen", || log.lock().unwrap().contains("mirror listening")).await;
     let log = mirror.stderr();
     let line = log.lines().find(|l| l.contains("mirror listening")).unwrap();
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap_or_else(|| panic!("no addr= in {line:?}"));
+    let addr =
+        line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap_or_else(|| panic!("no addr= in {line:?}"));
     (mirror, format!("http://{addr}"))
 }
 
@@ -172,12 +183,12 @@ async fn resolve(url: &str) -> Option<SnapshotRecord> {
 
 async fn push_lib(url: &str, key: &str, src: &Path, state: &Path) {
     let req = PushRequest { root: src.to_path_buf(), key: key.into(), profile: Profile::Generic };
-    sync::push(&mut connect(url).await, &req, &options(state)).await.unwrap();
+    sync::push(&mut connect(url).await, &req, &opts(state)).await.unwrap();
 }
 
 async fn pull_lib(url: &str, key: &str, dst: &Path, state: &Path) {
     let req = PullRequest { root: dst.to_path_buf(), key: key.into(), restore_prefixes: vec![], delete: false };
-    sync::pull(&mut connect(url).await, &req, &options(state)).await.unwrap();
+    sync::pull(&mut connect(url).await, &req, &opts(state)).await.unwrap();
 }
 
 /// The snapshot records of `KEY` in a store (the newest one is the key's ref).
@@ -196,9 +207,16 @@ fn staging_has_content(dir: &Path) -> bool {
     entries.filter_map(|e| e.metadata().ok()).any(|m| m.is_file() && m.len() > 0)
 }
 
-/// True once the mirror has started taking in content it did not have.
-fn mirror_receiving(store: &Path, blobs_before: usize) -> bool {
-    staging_has_content(&store.join("tmp")) || blob_count(store) > blobs_before
+/// True once the mirror has stored a new blob and is taking in the next one.
+fn mirror_mid_push(store: &Path, blobs_before: usize) -> bool {
+    blob_count(store) > blobs_before && staging_has_content(&store.join("tmp"))
+}
+
+/// How many big files at `dst` carry the mtime of their version in `new`
+/// (a cheap sign that a pull has placed them).
+fn big_files_placed(dst: &Path, new: &Path) -> usize {
+    let mtime = |root: &Path, i| std::fs::metadata(root.join(format!("big/{i}.bin"))).and_then(|m| m.modified()).ok();
+    (0..BIG_FILES).filter(|i| mtime(dst, *i).is_some() && mtime(dst, *i) == mtime(new, *i)).count()
 }
 
 /// The blake3 of every regular file, by path, skipping our staging directory.
@@ -217,17 +235,18 @@ fn contents(root: &Path) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_push_leaves_no_snapshot_and_a_rerun_completes() {
     let t = tempfile::tempdir().unwrap();
-    let (src, dst, store, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("store"), t.path().join("state"));
+    let (src, dst, store, state) =
+        (t.path().join("src"), t.path().join("dst"), t.path().join("store"), t.path().join("state"));
     write_tree(&src, 1);
     let mirror = spawn_mirror(&store).await;
 
-    let mut push = push_proc(&state, &mirror.url, &src);
-    push.wait_while_running("the mirror to receive content", || mirror_receiving(&store, 0)).await;
+    let mut push = sync_proc("push", &state, &mirror.url, &src);
+    push.wait_while_running("the mirror to be mid-push", || mirror_mid_push(&store, 0)).await;
     push.kill_mid_job();
     assert_eq!(resolve(&mirror.url).await, None, "a killed push left a snapshot");
     assert_eq!(snapshot_records(&store), Vec::<PathBuf>::new(), "a killed push left a snapshot record");
 
-    push_proc(&state, &mirror.url, &src).succeed().await;
+    sync_proc("push", &state, &mirror.url, &src).succeed().await;
     assert_eq!(resolve(&mirror.url).await.map(|s| s.generation), Some(1));
     pull_lib(&mirror.url, KEY, &dst, &state.join("cachesync")).await;
     assert_same_tree(&src, &dst);
@@ -237,15 +256,16 @@ async fn killing_a_push_leaves_no_snapshot_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_mirror_mid_push_keeps_its_previous_snapshot() {
     let t = tempfile::tempdir().unwrap();
-    let (v1, v2, store, state) = (t.path().join("v1"), t.path().join("v2"), t.path().join("store"), t.path().join("state"));
+    let (v1, v2, store, state) =
+        (t.path().join("v1"), t.path().join("v2"), t.path().join("store"), t.path().join("state"));
     write_tree(&v1, 1);
     write_tree(&v2, 2);
     let (mut mirror, url) = mirror_proc(&state, &store).await;
-    push_proc(&state, &url, &v1).succeed().await;
+    sync_proc("push", &state, &url, &v1).succeed().await;
 
     let blobs_before = blob_count(&store);
-    let mut push = push_proc(&state, &url, &v2);
-    push.wait_while_running("the mirror to receive v2", || mirror_receiving(&store, blobs_before)).await;
+    let mut push = sync_proc("push", &state, &url, &v2);
+    push.wait_while_running("the mirror to be mid-push of v2", || mirror_mid_push(&store, blobs_before)).await;
     assert!(push.running(), "the push of v2 finished before the mirror could be killed: {}", push.output());
     mirror.kill_mid_job();
     let status = push.exit().await;
@@ -260,7 +280,7 @@ async fn killing_the_mirror_mid_push_keeps_its_previous_snapshot() {
     pull_lib(&url, KEY, &t.path().join("after-kill"), &state.join("cachesync")).await;
     assert_same_tree(&v1, &t.path().join("after-kill"));
 
-    push_proc(&state, &url, &v2).succeed().await;
+    sync_proc("push", &state, &url, &v2).succeed().await;
     assert_eq!(resolve(&url).await.map(|s| s.generation), Some(2));
     pull_lib(&url, KEY, &t.path().join("after-rerun"), &state.join("cachesync")).await;
     assert_same_tree(&v2, &t.path().join("after-rerun"));
@@ -279,9 +299,10 @@ async fn killing_a_pull_leaves_every_file_old_or_new_and_a_rerun_completes() {
     pull_lib(&mirror.url, "kill/old", &dst, &state.join("cachesync")).await;
     assert_same_tree(&v1, &dst);
 
-    let mut pull = pull_proc(&state, &mirror.url, &dst);
+    let mut pull = sync_proc("pull", &state, &mirror.url, &dst);
     let staging = dst.join(".cachesync.tmp");
-    pull.wait_while_running("the pull to receive content", || staging_has_content(&staging)).await;
+    let mid_pull = || big_files_placed(&dst, &v2) > 0 && staging_has_content(&staging);
+    pull.wait_while_running("the pull to place a file and receive the next", mid_pull).await;
     pull.kill_mid_job();
     let (old, new, now) = (contents(&v1), contents(&v2), contents(&dst));
     assert_eq!(now.keys().collect::<Vec<_>>(), old.keys().collect::<Vec<_>>(), "files vanished or appeared");
@@ -289,7 +310,7 @@ async fn killing_a_pull_leaves_every_file_old_or_new_and_a_rerun_completes() {
         assert!(*hash == old[path] || *hash == new[path], "{path} is neither its old nor its new content");
     }
 
-    pull_proc(&state, &mirror.url, &dst).succeed().await;
+    sync_proc("pull", &state, &mirror.url, &dst).succeed().await;
     assert_same_tree(&v2, &dst);
     assert!(!staging.exists(), "the staging directory is removed");
     unlock(t.path());

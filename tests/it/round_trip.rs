@@ -71,7 +71,11 @@ async fn a_blob_the_mirror_has_is_never_sent_again_whatever_the_key() {
     write(&b, "only-b", b"small and new");
     let mirror = spawn_mirror(&t.path().join("store")).await;
     let mut client = connect(&mirror.url).await;
-    let req = |root: &std::path::Path, key: &str| PushRequest { root: root.to_path_buf(), key: key.into(), profile: Profile::Generic };
+    let req = |root: &std::path::Path, key: &str| PushRequest {
+        root: root.to_path_buf(),
+        key: key.into(),
+        profile: Profile::Generic,
+    };
     sync::push(&mut client, &req(&a, "node/a"), &options(&t.path().join("sa"))).await.unwrap();
     let mut client = connect(&mirror.url).await;
     let second = sync::push(&mut client, &req(&b, "node/b"), &options(&t.path().join("sb"))).await.unwrap();
@@ -91,7 +95,9 @@ async fn pull_replaces_changed_files_and_deletes_only_when_asked() {
     let mirror = spawn_mirror(&t.path().join("store")).await;
     let mut client = connect(&mirror.url).await;
     let opts = options(&state);
-    sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts).await.unwrap();
+    sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts)
+        .await
+        .unwrap();
     let mut pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
     sync::pull(&mut client, &pull, &opts).await.unwrap();
     assert_eq!(std::fs::read(dst.join("keep")).unwrap(), b"v2");
