@@ -6,6 +6,7 @@
 //! over a store ([`server`]) and the client ([`client`]).
 
 pub mod client;
+mod counting;
 pub(crate) mod frames;
 pub mod server;
 

@@ -2,14 +2,9 @@
 //! the bytes that cross the socket, and typed wrappers over each call.
 
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +12,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
 
+use super::counting::Counted;
+pub use super::counting::Counters;
 use super::frames::{self, FrameError, FrameReceiver, Incoming};
 use super::pb::cache_sync_client::CacheSyncClient;
 use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION, pb};
@@ -84,55 +81,6 @@ pub enum ClientError {
     Frames(#[from] FrameError),
 }
 
-/// Bytes that crossed the client's sockets, counted at the TCP stream.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    sent: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
-}
-
-impl Counters {
-    /// Bytes written to the sockets.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-    /// Bytes read from the sockets.
-    pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-struct Counted {
-    inner: TcpStream,
-    counters: Counters,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.counters.received.fetch_add(n as u64, Ordering::Relaxed);
-        poll
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &poll {
-            self.counters.sent.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        poll
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 type Intercept = fn(Request<()>) -> Result<Request<()>, Status>;
 
 #[allow(clippy::result_large_err)]
@@ -170,7 +118,7 @@ impl Client {
                 let port = uri.port_u16().unwrap_or(80);
                 let inner = TcpStream::connect((host.as_str(), port)).await?;
                 inner.set_nodelay(true)?;
-                Ok::<_, io::Error>(TokioIo::new(Counted { inner, counters }))
+                Ok::<_, io::Error>(TokioIo::new(Counted::new(inner, counters)))
             }
         });
         let channel = endpoint

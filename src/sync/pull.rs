@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::plan::{PlanOptions, plan_pull};
+use super::plan::{PlanOptions, PullPlan, plan_pull};
 use super::tree::Tree;
 use super::{Report, SyncError, SyncOptions, cache_path, save_cache, split_balanced};
 use crate::delta;
@@ -67,18 +67,9 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     req.validate()?;
     let snapshot =
         client.resolve(&req.key, &req.restore_prefixes).await?.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
-    let manifest = client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?;
+    let manifest = Arc::new(client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?);
     let profile: Profile = snapshot.profile.parse().unwrap_or_default();
-    let cache_file = cache_path(&opts.state_dir, &req.root);
-    let (root, fsync, replace) = (req.root.clone(), opts.fsync, req.delete);
-    let (tree, local, mut cache) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
-        let tree = Tree::open(&root, fsync, replace)?;
-        let mut cache = HashCache::load(&cache_file);
-        let local = scan::scan(&root, profile, &mut cache)?;
-        Ok((tree, local, cache))
-    })
-    .await
-    .expect("scan task panicked")?;
+    let (tree, local, cache) = open_and_scan(req, opts, profile).await?;
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile };
     let plan = plan_pull(&manifest, &local.manifest, popts, req.delete)?;
     let mut report = Report {
@@ -88,82 +79,140 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
         files: manifest.file_count(),
         bytes: manifest.total_bytes(),
         files_hashed: local.hashed_files,
+        unchanged: plan.fetch_bytes == 0 && plan.local_copies.is_empty() && plan.removals.is_empty(),
         ..Report::default()
     };
-    let tree = Arc::new(tree);
-    let manifest = Arc::new(manifest);
-    let placed: Placed = Arc::default();
-    let progress = Progress::bytes("pull", plan.fetch_bytes, opts.progress);
-    let (t, m, p) = (tree.clone(), manifest.clone(), placed.clone());
-    let removals = plan.removals.clone();
-    let (metadata, copies, symlinks) = (plan.metadata.clone(), plan.local_copies.clone(), plan.symlinks.clone());
-    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
-        for r in &removals {
-            t.remove(r)?;
-        }
-        t.prepare_dirs(&m)?;
-        let staged: Vec<_> = copies.iter().map(|(_, src)| t.stage_copy(&t.path(src))).collect::<Result<_, _>>()?;
-        for ((i, _), s) in copies.iter().zip(staged) {
-            place(&t, &s, &m.entries()[*i], &p)?;
-        }
-        for i in metadata {
-            t.fix_metadata(&m.entries()[i])?;
-        }
-        Ok(())
-    })
-    .await
-    .expect("pull task panicked")?;
-    let mut whole = plan.whole.clone();
-    for (hash, targets, base) in &plan.deltas {
-        let entries: Vec<Entry> = targets.iter().map(|i| manifest.entries()[*i].clone()).collect();
-        match fetch_delta(client, &tree, *hash, entries, base, &placed).await {
-            Ok(()) => {
-                report.blobs_delta += 1;
-                progress.inc(manifest.entries()[targets[0]].size);
-            }
-            Err(e) => {
-                warn!(path = %base, error = %e, "delta failed; fetching the whole file");
-                whole.push((*hash, targets.clone()));
-            }
-        }
-    }
+    let job = Job {
+        tree: Arc::new(tree),
+        manifest,
+        placed: Arc::default(),
+        progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
+    };
+    job.prepare(&plan).await?;
+    let (deltas, whole) = job.fetch_deltas(client, &plan).await;
+    report.blobs_delta = deltas;
     report.blobs_whole = whole.len() as u64;
-    let size = |(_, targets): &(Hash, Vec<usize>)| manifest.entries()[targets[0]].size;
-    let streams = split_balanced(whole, size, opts.streams).into_iter().map(|group| {
-        let (mut client, tree, manifest, placed, progress) =
-            (client.clone(), tree.clone(), manifest.clone(), placed.clone(), progress.clone());
-        async move {
-            for batch in group.chunks(MAX_HASHES) {
-                fetch_whole(&mut client, &tree, &manifest, batch, &placed, &progress).await?;
-            }
-            Ok::<(), SyncError>(())
-        }
-    });
-    futures::future::try_join_all(streams).await?;
-    progress.finish();
-    let (t, m) = (tree.clone(), manifest.clone());
-    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
-        for i in symlinks {
-            let e = &m.entries()[i];
-            if let Content::Symlink(target) = &e.content {
-                t.place_symlink(e, target)?;
-            }
-        }
-        Ok(())
-    })
-    .await
-    .expect("pull task panicked")?;
-    let tree = Arc::into_inner(tree).expect("no other tree users remain");
-    let finish_manifest = manifest.clone();
-    tokio::task::spawn_blocking(move || tree.finish(&finish_manifest)).await.expect("finish task panicked")?;
-    for (path, key, hash) in placed.lock().expect("placed lock").drain(..) {
-        cache.insert(path, key, hash);
-    }
-    save_cache(&cache, &cache_path(&opts.state_dir, &req.root));
-    report.unchanged = plan.fetch_bytes == 0 && plan.local_copies.is_empty() && plan.removals.is_empty();
+    job.fetch_whole(client, whole, opts.streams).await?;
+    job.finish(plan.symlinks, cache, cache_path(&opts.state_dir, &req.root)).await?;
     report.finish(client, started);
     info!(key = %report.key, generation = report.generation, files = report.files, bytes_received = report.bytes_received, "pull finished");
     Ok(report)
+}
+
+/// Opens the destination (fresh staging directory) and scans what it holds.
+async fn open_and_scan(
+    req: &PullRequest,
+    opts: &SyncOptions,
+    profile: Profile,
+) -> Result<(Tree, scan::Scan, HashCache), SyncError> {
+    let cache_file = cache_path(&opts.state_dir, &req.root);
+    let (root, fsync, replace) = (req.root.clone(), opts.fsync, req.delete);
+    tokio::task::spawn_blocking(move || {
+        let tree = Tree::open(&root, fsync, replace)?;
+        let mut cache = HashCache::load(&cache_file);
+        let local = scan::scan(&root, profile, &mut cache)?;
+        Ok((tree, local, cache))
+    })
+    .await
+    .expect("scan task panicked")
+}
+
+/// One pull in progress: the destination, the snapshot, what was placed.
+struct Job {
+    tree: Arc<Tree>,
+    manifest: Arc<Manifest>,
+    placed: Placed,
+    progress: Progress,
+}
+
+impl Job {
+    /// Removals (with `--delete`), directories, local copies, metadata fixes.
+    async fn prepare(&self, plan: &PullPlan) -> Result<(), SyncError> {
+        let (t, m, p) = (self.tree.clone(), self.manifest.clone(), self.placed.clone());
+        let (removals, copies, metadata) = (plan.removals.clone(), plan.local_copies.clone(), plan.metadata.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+            for r in &removals {
+                t.remove(r)?;
+            }
+            t.prepare_dirs(&m)?;
+            // Stage every copy before placing any: a source may itself be replaced.
+            let staged: Vec<_> = copies.iter().map(|(_, src)| t.stage_copy(&t.path(src))).collect::<Result<_, _>>()?;
+            for ((i, _), s) in copies.iter().zip(staged) {
+                place(&t, &s, &m.entries()[*i], &p)?;
+            }
+            for i in metadata {
+                t.fix_metadata(&m.entries()[i])?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("pull task panicked")
+    }
+
+    /// Fetches the planned deltas; returns how many landed and the blobs to
+    /// fetch whole (the planned ones plus deltas that failed verification).
+    async fn fetch_deltas(&self, client: &mut Client, plan: &PullPlan) -> (u64, Vec<(Hash, Vec<usize>)>) {
+        let mut whole = plan.whole.clone();
+        let mut landed = 0;
+        for (hash, targets, base) in &plan.deltas {
+            let entries: Vec<Entry> = targets.iter().map(|i| self.manifest.entries()[*i].clone()).collect();
+            match fetch_delta(client, &self.tree, *hash, entries, base, &self.placed).await {
+                Ok(()) => {
+                    landed += 1;
+                    self.progress.inc(self.manifest.entries()[targets[0]].size);
+                }
+                Err(e) => {
+                    warn!(path = %base, error = %e, "delta failed; fetching the whole file");
+                    whole.push((*hash, targets.clone()));
+                }
+            }
+        }
+        (landed, whole)
+    }
+
+    /// Fetches whole blobs over `streams` concurrent streams, placing each as it lands.
+    async fn fetch_whole(
+        &self,
+        client: &Client,
+        whole: Vec<(Hash, Vec<usize>)>,
+        streams: usize,
+    ) -> Result<(), SyncError> {
+        let size = |(_, targets): &(Hash, Vec<usize>)| self.manifest.entries()[targets[0]].size;
+        let calls = split_balanced(whole, size, streams).into_iter().map(|group| {
+            let mut client = client.clone();
+            async move {
+                for batch in group.chunks(MAX_HASHES) {
+                    fetch_whole(&mut client, &self.tree, &self.manifest, batch, &self.placed, &self.progress).await?;
+                }
+                Ok::<(), SyncError>(())
+            }
+        });
+        futures::future::try_join_all(calls).await?;
+        self.progress.finish();
+        Ok(())
+    }
+
+    /// Symlinks, final directory modes and mtimes, the hash cache.
+    async fn finish(self, symlinks: Vec<usize>, mut cache: HashCache, cache_file: PathBuf) -> Result<(), SyncError> {
+        let Job { tree, manifest, placed, .. } = self;
+        let tree = Arc::into_inner(tree).expect("no other tree users remain");
+        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+            for i in symlinks {
+                let e = &manifest.entries()[i];
+                if let Content::Symlink(target) = &e.content {
+                    tree.place_symlink(e, target)?;
+                }
+            }
+            tree.finish(&manifest)?;
+            for (path, key, hash) in placed.lock().expect("placed lock").drain(..) {
+                cache.insert(path, key, hash);
+            }
+            save_cache(&cache, &cache_file);
+            Ok(())
+        })
+        .await
+        .expect("finish task panicked")
+    }
 }
 
 /// Places a verified staging file at `entry`, recording it for the hash cache.

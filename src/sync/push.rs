@@ -1,6 +1,6 @@
 //! Push: scan a root, send the blobs the mirror lacks, commit a snapshot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tracing::{debug, info};
@@ -49,16 +49,7 @@ impl PushRequest {
 pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
     req.validate()?;
-    let cache_file = cache_path(&opts.state_dir, &req.root);
-    let (root, profile) = (req.root.clone(), req.profile);
-    let scanned = tokio::task::spawn_blocking(move || {
-        let mut cache = HashCache::load(&cache_file);
-        let s = scan::scan(&root, profile, &mut cache);
-        save_cache(&cache, &cache_file);
-        s
-    })
-    .await
-    .expect("scan task panicked")?;
+    let scanned = scan_root(req, opts).await?;
     let local = scanned.manifest;
     debug!(ms = started.elapsed().as_millis() as u64, hashed = scanned.hashed_files, "push: scanned");
     let mut report = Report {
@@ -76,7 +67,7 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
             report.finish(client, started);
             return Ok(report);
         }
-        Some(s) => Some(client.manifest(s.manifest_id().expect("validated by the client")).await?),
+        Some(s) => Some(client.manifest(s.manifest_id()?).await?),
         None => None,
     };
     let mut hashes: Vec<_> = local.entries().iter().filter_map(|e| e.file_hash()).collect();
@@ -86,20 +77,48 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     debug!(ms = started.elapsed().as_millis() as u64, missing = missing.len(), "push: asked what the mirror lacks");
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile: req.profile };
     let uploads = plan_push(&local, previous.as_ref(), &missing, popts);
-    let total: u64 = uploads
-        .iter()
-        .map(|u| match u {
-            Upload::Whole { size, .. } | Upload::Delta { size, .. } => *size,
-        })
-        .sum();
+    (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, "push: blobs sent");
+    let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string()).await?;
+    report.generation = snapshot.generation;
+    report.unchanged = unchanged;
+    report.finish(client, started);
+    info!(key = %req.key, generation = report.generation, files = report.files, bytes_sent = report.bytes_sent, "push finished");
+    Ok(report)
+}
+
+/// Scans the root, reusing and refreshing its hash cache.
+async fn scan_root(req: &PushRequest, opts: &SyncOptions) -> Result<scan::Scan, SyncError> {
+    let cache_file = cache_path(&opts.state_dir, &req.root);
+    let (root, profile) = (req.root.clone(), req.profile);
+    let scanned = tokio::task::spawn_blocking(move || {
+        let mut cache = HashCache::load(&cache_file);
+        let s = scan::scan(&root, profile, &mut cache);
+        save_cache(&cache, &cache_file);
+        s
+    })
+    .await
+    .expect("scan task panicked")?;
+    Ok(scanned)
+}
+
+/// Sends the planned blobs: deltas one by one (each needs the mirror's
+/// signature), then everything else whole. Returns (deltas, whole) counts.
+async fn upload(
+    client: &mut Client,
+    root: &Path,
+    uploads: Vec<Upload>,
+    opts: &SyncOptions,
+) -> Result<(u64, u64), SyncError> {
+    let total: u64 = uploads.iter().map(upload_size).sum();
     let progress = Progress::bytes("push", total, opts.progress);
-    let mut whole = Vec::new();
+    let (mut deltas, mut whole) = (0, Vec::new());
     for upload in uploads {
         match upload {
             Upload::Whole { .. } => whole.push(upload),
             Upload::Delta { hash, ref path, size, base } => {
-                if send_delta(client, &req.root.join(path), hash, size, base, opts.compression_level).await? {
-                    report.blobs_delta += 1;
+                if send_delta(client, &root.join(path), hash, size, base, opts.compression_level).await? {
+                    deltas += 1;
                     progress.inc(size);
                 } else {
                     whole.push(Upload::Whole { hash, path: path.clone(), size });
@@ -107,17 +126,16 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
             }
         }
     }
-    report.blobs_whole = whole.len() as u64;
-    send_whole(client, &req.root, whole, opts, progress.clone()).await?;
+    let whole_count = whole.len() as u64;
+    send_whole(client, root, whole, opts, progress.clone()).await?;
     progress.finish();
-    debug!(ms = started.elapsed().as_millis() as u64, "push: blobs sent");
-    let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string()).await?;
-    debug!(ms = started.elapsed().as_millis() as u64, "push: committed");
-    report.generation = snapshot.generation;
-    report.unchanged = unchanged;
-    report.finish(client, started);
-    info!(key = %req.key, generation = report.generation, files = report.files, bytes_sent = report.bytes_sent, "push finished");
-    Ok(report)
+    Ok((deltas, whole_count))
+}
+
+fn upload_size(u: &Upload) -> u64 {
+    match u {
+        Upload::Whole { size, .. } | Upload::Delta { size, .. } => *size,
+    }
 }
 
 /// Sends one blob as a delta; false when the mirror refused the result.
@@ -154,10 +172,7 @@ async fn send_whole(
     opts: &SyncOptions,
     progress: Progress,
 ) -> Result<(), SyncError> {
-    let size = |u: &Upload| match u {
-        Upload::Whole { size, .. } | Upload::Delta { size, .. } => *size,
-    };
-    let calls = split_balanced(uploads, size, opts.streams).into_iter().map(|group| {
+    let calls = split_balanced(uploads, upload_size, opts.streams).into_iter().map(|group| {
         let (mut client, root, progress, level) =
             (client.clone(), root.to_path_buf(), progress.clone(), opts.compression_level);
         async move {

@@ -6,3 +6,4 @@ mod helpers;
 mod hostile;
 mod kill;
 mod round_trip;
+mod systemd;
