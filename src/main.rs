@@ -31,19 +31,20 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
     flags
 }
 
-fn init_tracing(settings: &Settings, long_running: bool) {
+fn init_tracing(settings: &Settings, long_running: bool) -> Result<(), String> {
     let level = match settings.log.level.as_str() {
         "" if long_running => "info",
         "" => "warn",
         level => level,
     };
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid configuration: log.level = {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if settings.log.format == "json" {
         builder.json().init();
     } else {
         builder.with_target(false).init();
     }
+    Ok(())
 }
 
 /// The error and its causes on one line, each cause once: library errors
@@ -73,7 +74,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&settings, matches!(cli.command, Command::Mirror(_)));
+    if let Err(e) = init_tracing(&settings, matches!(cli.command, Command::Mirror(_))) {
+        eprintln!("cachesync: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -16,6 +16,8 @@ const MAGIC: &[u8; 4] = b"CSM1";
 /// Longest relative path accepted, in bytes.
 pub const MAX_PATH: usize = 4096;
 const MAX_COMPONENT: usize = 255;
+/// Largest file size accepted (1 PiB): sums of sizes can never overflow.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// Mode bits carried: permissions only (no setuid, setgid or sticky bits from the network).
 pub const MODE_MASK: u32 = 0o777;
 
@@ -75,8 +77,8 @@ pub enum ManifestError {
     /// An entry whose parent is not a directory entry of the same manifest.
     #[error("{0:?} has no parent directory entry (a parent that is a file or symlink is refused)")]
     Orphan(String),
-    /// A symlink pointing outside the root.
-    #[error("symlink {path:?} points outside the root ({target:?})")]
+    /// A symlink pointing outside the root, or through another symlink.
+    #[error("symlink {path:?} points outside the root or through something that is not a directory ({target:?})")]
     SymlinkEscapes {
         /// The link.
         path: String,
@@ -116,7 +118,7 @@ impl Manifest {
 
     /// Total size of the regular files.
     pub fn total_bytes(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
+        self.entries.iter().fold(0u64, |total, e| total.saturating_add(e.size))
     }
 
     /// Looks an entry up by path.
@@ -197,11 +199,11 @@ impl Manifest {
             if let Content::Dir = entry.content {
                 dirs.insert(&entry.path);
             }
-            if let Content::Symlink(target) = &entry.content {
-                check_symlink_target(&entry.path, target)?;
-            }
         }
         for entry in &self.entries {
+            if let Content::Symlink(target) = &entry.content {
+                check_symlink_within(&entry.path, target, &dirs)?;
+            }
             if let Some((parent, _)) = entry.path.rsplit_once('/')
                 && !dirs.contains(parent)
             {
@@ -227,6 +229,9 @@ fn decode_entry(d: &mut Dec<'_>) -> Result<Entry, ManifestError> {
         2 => Content::Symlink(utf8(d.bytes().map_err(t)?)?),
         _ => return Err(ManifestError::Malformed("unknown entry kind")),
     };
+    if size > MAX_FILE_SIZE {
+        return Err(ManifestError::Malformed("file larger than 1 PiB"));
+    }
     if !matches!(content, Content::File(_)) && size != 0 {
         return Err(ManifestError::Malformed("directory or symlink with a size"));
     }
@@ -256,6 +261,9 @@ pub fn check_path(path: &str) -> Result<(), ManifestError> {
     }
     if path.contains('\0') {
         return Err(bad("contains NUL"));
+    }
+    if path.split('/').next() == Some(crate::profile::STAGING_DIR) {
+        return Err(bad("reserved for staging"));
     }
     for component in path.split('/') {
         match component {
@@ -291,6 +299,33 @@ pub fn check_symlink_target(path: &str, target: &str) -> Result<(), ManifestErro
         }
         if depth < 0 {
             return Err(escapes());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a symlink against the directories of its manifest: resolved
+/// lexically from the link's directory, its target must stay inside the root
+/// and pass only through directory entries (never through another link, or
+/// a local entry the manifest does not describe); only its last component
+/// may be a file, a link or missing.
+///
+/// # Errors
+///
+/// [`ManifestError::SymlinkEscapes`] or [`ManifestError::UnsafePath`].
+pub fn check_symlink_within(path: &str, target: &str, dirs: &HashSet<&str>) -> Result<(), ManifestError> {
+    check_symlink_target(path, target)?;
+    let mut at: Vec<&str> = path.split('/').collect();
+    at.pop();
+    let parts: Vec<&str> = target.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    for (i, part) in parts.iter().enumerate() {
+        if *part == ".." {
+            at.pop(); // never above the root: check_symlink_target saw to that
+            continue;
+        }
+        at.push(part);
+        if i + 1 < parts.len() && !dirs.contains(at.join("/").as_str()) {
+            return Err(ManifestError::SymlinkEscapes { path: path.into(), target: target.into() });
         }
     }
     Ok(())
@@ -379,6 +414,36 @@ mod tests {
         assert!(check_symlink_target("a/l", "../../b").is_err());
         assert!(check_symlink_target("l", "/etc/passwd").is_err());
         assert!(check_symlink_target("l", "..").is_err());
+    }
+
+    #[test]
+    fn symlink_chains_and_links_through_unknown_entries_are_refused() {
+        let link = |path: &str, target: &str| Entry {
+            path: path.into(),
+            size: 0,
+            mode: 0o777,
+            mtime_ns: 0,
+            content: Content::Symlink(target.into()),
+        };
+        // d/up -> .. is fine on its own; esc -> d/up/.. would leave the root through it.
+        assert!(Manifest::new(vec![dir("d"), link("d/up", "..")]).is_ok());
+        let chain = Manifest::new(vec![dir("d"), link("d/up", ".."), link("esc", "d/up/..")]);
+        assert!(matches!(chain, Err(ManifestError::SymlinkEscapes { .. })), "{chain:?}");
+        // x is not in the manifest (a local link to /etc, say): nothing may resolve through it.
+        assert!(Manifest::new(vec![link("l", "x/passwd")]).is_err());
+        assert!(Manifest::new(vec![dir("x"), link("l", "x/passwd")]).is_ok());
+        assert!(Manifest::new(vec![dir("a"), dir("b"), link("a/l", "../b/./f")]).is_ok());
+        assert!(Manifest::new(vec![file("f", 1), link("l", "f/../g")]).is_err(), "through a file");
+    }
+
+    #[test]
+    fn the_staging_directory_is_never_an_entry() {
+        assert!(check_path(".cachesync.tmp").is_err());
+        assert!(check_path(".cachesync.tmp/s5").is_err());
+        assert!(check_path("a/.cachesync.tmp").is_ok());
+        let mut big = file("f", 1);
+        big.size = MAX_FILE_SIZE + 1;
+        assert!(Manifest::decode(&Manifest { entries: vec![big] }.encode()).is_err());
     }
 
     #[test]

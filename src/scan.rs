@@ -1,7 +1,7 @@
 //! Scanning a root: walk it, and build its [`Manifest`].
 //!
 //! Files whose (size, mtime, inode) match the hash cache are not read; the
-//! others are hashed in parallel on rayon's pool, large ones memory-mapped.
+//! others are hashed in parallel on rayon's pool (large ones on several cores).
 //! Names that are not UTF-8, special files and symlinks that leave the root
 //! are skipped with a warning. This module reads; it never writes to the root.
 
@@ -79,6 +79,7 @@ pub fn scan(root: &Path, profile: Profile, cache: &mut HashCache) -> Result<Scan
         entries.push(p.entry);
     }
     *cache = fresh;
+    drop_links_through_unknown_entries(&mut entries);
     let manifest = Manifest::new(entries)?;
     debug!(root = %root.display(), entries = manifest.entries().len(), hashed_files, "scan finished");
     Ok(Scan { manifest, hashed_files, hashed_bytes })
@@ -102,7 +103,7 @@ fn walk(root: &Path, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), Sca
             path: rel.clone(),
             size: 0,
             mode: meta.permissions().mode() & manifest::MODE_MASK,
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            mtime_ns: mtime_ns(&meta),
             content,
         };
         let ft = meta.file_type();
@@ -122,6 +123,25 @@ fn walk(root: &Path, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), Sca
         }
     }
     Ok((entries, pending))
+}
+
+/// A symlink whose target passes through a local link (or anything but a
+/// directory of the root) cannot be described safely: skip it, as the pull
+/// side would refuse it.
+fn drop_links_through_unknown_entries(entries: &mut Vec<Entry>) {
+    let dirs: std::collections::HashSet<String> =
+        entries.iter().filter(|e| e.content == Content::Dir).map(|e| e.path.clone()).collect();
+    let dirs: std::collections::HashSet<&str> = dirs.iter().map(String::as_str).collect();
+    entries.retain(|e| match &e.content {
+        Content::Symlink(target) => match manifest::check_symlink_within(&e.path, target, &dirs) {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(path = %e.path, "skipping symlink: {err}");
+                false
+            }
+        },
+        _ => true,
+    });
 }
 
 fn symlink_entry(path: &Path, rel: &str, mut entry: Entry) -> Option<Entry> {
@@ -173,6 +193,11 @@ fn walk_error(root: &Path, e: walkdir::Error) -> ScanError {
     ScanError::Io { path, source }
 }
 
+/// Modification time in nanoseconds, saturating far outside 1678–2262.
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
 fn nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
@@ -203,6 +228,18 @@ mod tests {
         assert_eq!(paths, ["a", "a/b", "a/b/ü.txt", "a/ok", "empty"]);
         assert_eq!(s.manifest.get("a/b/ü.txt").unwrap().file_hash(), Some(Hash::of(b"hi")));
         assert_eq!(s.manifest.get("a/ok").unwrap().content, Content::Symlink("b/ü.txt".into()));
+    }
+
+    #[test]
+    fn links_through_other_links_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("d")).unwrap();
+        symlink("..", r.join("d/up")).unwrap();
+        symlink("d/up/..", r.join("esc")).unwrap();
+        let s = scan(r, Profile::Generic, &mut HashCache::default()).unwrap();
+        let paths: Vec<_> = s.manifest.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["d", "d/up"]);
     }
 
     #[test]

@@ -169,8 +169,12 @@ impl Store {
         let staging = dir.join("tmp");
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
         // Staged files of a process that died are garbage: nothing names them.
+        // Another mirror may share this store, so only files idle for an hour go.
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         for entry in std::fs::read_dir(&staging).map_err(io(&staging))?.flatten() {
-            let _ = std::fs::remove_file(entry.path());
+            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         let open = |fsync: bool| -> Result<Arc<dyn ObjectStore>> {
             let fs = LocalFileSystem::new_with_prefix(&dir)

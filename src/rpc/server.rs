@@ -44,7 +44,12 @@ pub struct ServiceOptions {
 pub struct MirrorService {
     store: Store,
     options: ServiceOptions,
+    /// Commits buffer a whole manifest (up to 256 MiB): only a few at once.
+    commits: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Commits served at the same time; others wait their turn.
+const CONCURRENT_COMMITS: usize = 4;
 
 /// Checks the protocol header of every call.
 ///
@@ -65,7 +70,7 @@ pub fn check_protocol(req: Request<()>) -> Result<Request<()>, Status> {
 impl MirrorService {
     /// A service over `store`.
     pub fn new(store: Store, options: ServiceOptions) -> Self {
-        MirrorService { store, options }
+        MirrorService { store, options, commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)) }
     }
 
     /// The tonic service, with the protocol check and message bounds.
@@ -258,6 +263,7 @@ impl CacheSync for MirrorService {
     }
 
     async fn commit(&self, req: Request<Streaming<pb::CommitFrame>>) -> Result<Response<pb::CommitResponse>, Status> {
+        let _turn = self.commits.acquire().await.map_err(|_| Status::unavailable("mirror shutting down"))?;
         let (header, bytes) = read_commit(req.into_inner()).await?;
         let id = hash_from(&header.manifest_id, "manifest id")?;
         store::check_key(&header.key).map_err(ServerError::from)?;
@@ -310,7 +316,8 @@ async fn read_commit(mut stream: Streaming<pb::CommitFrame>) -> Result<(pb::Comm
     if header.manifest_size > MAX_MANIFEST {
         return Err(ServerError::BadRequest(format!("manifest larger than {MAX_MANIFEST} bytes")).into());
     }
-    let mut bytes = Vec::with_capacity(header.manifest_size as usize);
+    // Grown as bytes arrive: a header alone must not make the mirror allocate.
+    let mut bytes = Vec::new();
     while let Some(frame) = stream.message().await? {
         match frame.frame {
             Some(Frame::ManifestChunk(c)) if bytes.len() + c.len() <= header.manifest_size as usize => {

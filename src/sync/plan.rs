@@ -55,13 +55,28 @@ fn kind(e: &Entry) -> u8 {
     }
 }
 
-/// Plans a pull of `snapshot` into a root whose current manifest is `local`.
+/// Plans a pull of `snapshot` into a root whose current manifest is `local`;
+/// `unknown` are paths of the snapshot where something the scan skipped (a
+/// special file, a symlink leaving the root) stands locally.
 ///
 /// # Errors
 ///
 /// [`Conflict`] when, without `delete`, a local entry of another kind is in the way.
-pub fn plan_pull(snapshot: &Manifest, local: &Manifest, opts: PlanOptions, delete: bool) -> Result<PullPlan, Conflict> {
+pub fn plan_pull(
+    snapshot: &Manifest,
+    local: &Manifest,
+    opts: PlanOptions,
+    delete: bool,
+    unknown: &[String],
+) -> Result<PullPlan, Conflict> {
     let mut plan = PullPlan::default();
+    // Local entries the scan could not describe, standing where the snapshot has one.
+    if let Some(first) = unknown.first() {
+        if !delete {
+            return Err(Conflict(first.clone()));
+        }
+        plan.removals.extend(unknown.iter().cloned());
+    }
     let by_hash: HashMap<Hash, &str> =
         local.entries().iter().filter_map(|e| Some((e.file_hash()?, e.path.as_str()))).collect();
     for l in local.entries().iter().rev() {
@@ -106,12 +121,12 @@ pub fn plan_pull(snapshot: &Manifest, local: &Manifest, opts: PlanOptions, delet
                     });
                     if let Some(base) = delta_base {
                         plan.deltas.push((*h, vec![i], base.path.clone()));
-                        plan.fetch_bytes += e.size;
+                        plan.fetch_bytes = plan.fetch_bytes.saturating_add(e.size);
                     } else {
                         let targets = whole.entry(*h).or_default();
                         if targets.is_empty() {
                             order.push(*h);
-                            plan.fetch_bytes += e.size;
+                            plan.fetch_bytes = plan.fetch_bytes.saturating_add(e.size);
                         }
                         targets.push(i);
                     }
@@ -214,7 +229,7 @@ mod tests {
         let mut meta_changed = f("a/same", b"s", 1);
         meta_changed.mode = 0o600;
         let local = m(vec![d("a"), meta_changed, f("old-name", b"m", 1), f("big", b"old", 900), f("stray", b"z", 1)]);
-        let plan = plan_pull(&snap, &local, OPTS, false).unwrap();
+        let plan = plan_pull(&snap, &local, OPTS, false, &[]).unwrap();
         assert_eq!(plan.metadata, vec![2], "sorted: a, a/moved, a/same, big, x, y");
         assert_eq!(plan.local_copies, vec![(1, "old-name".to_string())]);
         assert_eq!(plan.deltas, vec![(Hash::of(b"new"), vec![3], "big".to_string())]);
@@ -227,9 +242,18 @@ mod tests {
     fn delete_removes_strays_and_conflicts_need_it() {
         let snap = m(vec![f("a", b"file now", 8)]);
         let local = m(vec![d("a"), f("a/inner", b"i", 1), f("stray", b"z", 1)]);
-        assert_eq!(plan_pull(&snap, &local, OPTS, false), Err(Conflict("a".into())));
-        let plan = plan_pull(&snap, &local, OPTS, true).unwrap();
+        assert_eq!(plan_pull(&snap, &local, OPTS, false, &[]), Err(Conflict("a".into())));
+        let plan = plan_pull(&snap, &local, OPTS, true, &[]).unwrap();
         assert_eq!(plan.removals, vec!["stray".to_string(), "a".to_string()]);
+    }
+
+    #[test]
+    fn unknown_local_entries_in_the_way_need_delete() {
+        let snap = m(vec![d("a"), f("a/x", b"x", 1)]);
+        let unknown = vec!["a".to_string()];
+        assert_eq!(plan_pull(&snap, &Manifest::default(), OPTS, false, &unknown), Err(Conflict("a".into())));
+        let plan = plan_pull(&snap, &Manifest::default(), OPTS, true, &unknown).unwrap();
+        assert_eq!(plan.removals, vec!["a".to_string()]);
     }
 
     #[test]
@@ -237,7 +261,7 @@ mod tests {
         let opts = PlanOptions { profile: Profile::GoBuild, ..OPTS };
         let snap = m(vec![d("ab"), f("ab/x-d", b"new", 1000)]);
         let local = m(vec![d("ab"), f("ab/x-d", b"old", 1000)]);
-        let plan = plan_pull(&snap, &local, opts, false).unwrap();
+        let plan = plan_pull(&snap, &local, opts, false, &[]).unwrap();
         assert!(plan.deltas.is_empty());
         assert_eq!(plan.whole.len(), 1);
         let prev = local.clone();

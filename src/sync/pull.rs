@@ -69,9 +69,11 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
         client.resolve(&req.key, &req.restore_prefixes).await?.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
     let manifest = Arc::new(client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?);
     let profile: Profile = snapshot.profile.parse().unwrap_or_default();
-    let (tree, local, cache) = open_and_scan(req, opts, profile).await?;
+    // Everything that can refuse the pull happens before the first write.
+    let (local, cache, unknown) = scan_destination(req, opts, profile, manifest.clone()).await?;
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile };
-    let plan = plan_pull(&manifest, &local.manifest, popts, req.delete)?;
+    let plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
+    let tree = open_tree(req, opts).await?;
     let mut report = Report {
         key: snapshot.key.clone(),
         generation: snapshot.generation,
@@ -88,8 +90,9 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
         placed: Arc::default(),
         progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
     };
-    job.prepare(&plan).await?;
-    let (deltas, whole) = job.fetch_deltas(client, &plan).await;
+    let refetch = job.prepare(&plan).await?;
+    let (deltas, mut whole) = job.fetch_deltas(client, &plan).await;
+    whole.extend(refetch);
     report.blobs_delta = deltas;
     report.blobs_whole = whole.len() as u64;
     job.fetch_whole(client, whole, opts.streams).await?;
@@ -99,22 +102,42 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     Ok(report)
 }
 
-/// Opens the destination (fresh staging directory) and scans what it holds.
-async fn open_and_scan(
+/// Scans the destination (without writing to it) and finds the paths of
+/// the snapshot that exist locally but that the scan does not describe
+/// (special files, symlinks leaving the root): they are in the way too.
+async fn scan_destination(
     req: &PullRequest,
     opts: &SyncOptions,
     profile: Profile,
-) -> Result<(Tree, scan::Scan, HashCache), SyncError> {
+    snapshot: Arc<Manifest>,
+) -> Result<(scan::Scan, HashCache, Vec<String>), SyncError> {
     let cache_file = cache_path(&opts.state_dir, &req.root);
-    let (root, fsync, replace) = (req.root.clone(), opts.fsync, req.delete);
+    let root = req.root.clone();
     tokio::task::spawn_blocking(move || {
-        let tree = Tree::open(&root, fsync, replace)?;
         let mut cache = HashCache::load(&cache_file);
+        if !root.exists() {
+            let empty = scan::Scan { manifest: Manifest::default(), hashed_files: 0, hashed_bytes: 0 };
+            return Ok((empty, cache, Vec::new()));
+        }
         let local = scan::scan(&root, profile, &mut cache)?;
-        Ok((tree, local, cache))
+        let unknown = snapshot
+            .entries()
+            .iter()
+            .filter(|e| local.manifest.get(&e.path).is_none())
+            .filter(|e| std::fs::symlink_metadata(root.join(&e.path)).is_ok())
+            .map(|e| e.path.clone())
+            .collect();
+        Ok((local, cache, unknown))
     })
     .await
     .expect("scan task panicked")
+}
+
+/// Creates the destination if needed, with a fresh staging directory.
+async fn open_tree(req: &PullRequest, opts: &SyncOptions) -> Result<Tree, SyncError> {
+    let (root, fsync, replace) = (req.root.clone(), opts.fsync, req.delete);
+    let tree = tokio::task::spawn_blocking(move || Tree::open(&root, fsync, replace));
+    Ok(tree.await.expect("open task panicked")?)
 }
 
 /// One pull in progress: the destination, the snapshot, what was placed.
@@ -126,24 +149,34 @@ struct Job {
 }
 
 impl Job {
-    /// Removals (with `--delete`), directories, local copies, metadata fixes.
-    async fn prepare(&self, plan: &PullPlan) -> Result<(), SyncError> {
+    /// Local copies (staged first: a source may be removed or replaced),
+    /// removals (with `--delete`), directories, metadata fixes. Returns the
+    /// copies whose source no longer had the content the scan saw: those are
+    /// fetched instead.
+    async fn prepare(&self, plan: &PullPlan) -> Result<Vec<(Hash, Vec<usize>)>, SyncError> {
         let (t, m, p) = (self.tree.clone(), self.manifest.clone(), self.placed.clone());
         let (removals, copies, metadata) = (plan.removals.clone(), plan.local_copies.clone(), plan.metadata.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+        tokio::task::spawn_blocking(move || {
+            let mut staged = Vec::with_capacity(copies.len());
+            for (i, src) in &copies {
+                let hash = m.entries()[*i].file_hash().expect("copies are files");
+                staged.push((*i, hash, t.stage_copy(&t.path(src), hash)?));
+            }
             for r in &removals {
                 t.remove(r)?;
             }
             t.prepare_dirs(&m)?;
-            // Stage every copy before placing any: a source may itself be replaced.
-            let staged: Vec<_> = copies.iter().map(|(_, src)| t.stage_copy(&t.path(src))).collect::<Result<_, _>>()?;
-            for ((i, _), s) in copies.iter().zip(staged) {
-                place(&t, &s, &m.entries()[*i], &p)?;
+            let mut refetch = Vec::new();
+            for (i, hash, s) in staged {
+                match s {
+                    Some(s) => place(&t, &s, &m.entries()[i], &p)?,
+                    None => refetch.push((hash, vec![i])),
+                }
             }
             for i in metadata {
                 t.fix_metadata(&m.entries()[i])?;
             }
-            Ok(())
+            Ok(refetch)
         })
         .await
         .expect("pull task panicked")
@@ -220,8 +253,7 @@ fn place(tree: &Tree, staged: &std::path::Path, entry: &Entry, placed: &Placed) 
     tree.place_file(staged, entry)?;
     if let (Some(hash), Ok(meta)) = (entry.file_hash(), std::fs::symlink_metadata(tree.path(&entry.path))) {
         use std::os::unix::fs::MetadataExt;
-        let key =
-            FileKey { size: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), ino: meta.ino() };
+        let key = FileKey { size: meta.len(), mtime_ns: scan::mtime_ns(&meta), ino: meta.ino() };
         placed.lock().expect("placed lock").push((entry.path.clone(), key, hash));
     }
     Ok(())
@@ -231,7 +263,9 @@ fn place(tree: &Tree, staged: &std::path::Path, entry: &Entry, placed: &Placed) 
 fn place_all(tree: &Tree, staged: &std::path::Path, entries: &[Entry], placed: &Placed) -> Result<(), FrameError> {
     let err = |e: super::tree::TreeError| FrameError::Handler(e.to_string());
     for extra in entries.iter().skip(1) {
-        let copy = tree.stage_copy(staged).map_err(err)?;
+        let hash = extra.file_hash().expect("blob targets are files");
+        let copy = tree.stage_copy(staged, hash).map_err(err)?;
+        let copy = copy.ok_or_else(|| FrameError::Handler(format!("staged copy of {hash} changed")))?;
         place(tree, &copy, extra, placed).map_err(err)?;
     }
     place(tree, staged, &entries[0], placed).map_err(err)
@@ -256,10 +290,13 @@ async fn fetch_whole(
         targets.insert(*h, idx.iter().map(|i| manifest.entries()[*i].clone()).collect());
     }
     let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
-    let (t, p, prog) = (tree.clone(), placed.clone(), progress.clone());
+    let targets = Arc::new(Mutex::new(targets));
+    let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
     client
         .get_blobs(&hashes, receiver(tree, max), move |incoming: Incoming| {
-            let entries = targets
+            let entries = left
+                .lock()
+                .expect("targets lock")
                 .remove(&incoming.hash)
                 .ok_or_else(|| FrameError::Protocol(format!("unrequested blob {}", incoming.hash)))?;
             if incoming.delta_base.is_some() {
@@ -269,6 +306,11 @@ async fn fetch_whole(
             place_all(&t, &incoming.staged, &entries, &p)
         })
         .await?;
+    let missing = targets.lock().expect("targets lock").len();
+    if missing > 0 {
+        let why = format!("the stream ended with {missing} of the {} requested blobs missing", hashes.len());
+        return Err(SyncError::Client(FrameError::Protocol(why).into()));
+    }
     Ok(())
 }
 
@@ -286,10 +328,12 @@ async fn fetch_delta(
         tokio::task::spawn_blocking(move || delta::signature_file(&bp)).await.expect("signature task panicked")?;
     let (t, p) = (tree.clone(), placed.clone());
     let size = entries[0].size;
+    let landed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = landed.clone();
     client
         .get_delta(hash, signature, receiver(tree, size), move |incoming: Incoming| {
-            if incoming.hash != hash {
-                return Err(FrameError::Protocol("a delta for another blob".into()));
+            if incoming.hash != hash || done.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return Err(FrameError::Protocol("a delta for another blob, or a second one".into()));
             }
             if incoming.delta_base.is_none() {
                 return place_all(&t, &incoming.staged, &entries, &p); // sent whole, already verified
@@ -302,5 +346,8 @@ async fn fetch_delta(
             place_all(&t, &out, &entries, &p)
         })
         .await?;
+    if !landed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(SyncError::Client(FrameError::Protocol("the delta stream ended without a delta".into()).into()));
+    }
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
 
+use crate::hash::{Hash, HashingWriter};
 use crate::manifest::{Content, Entry, Manifest};
 use crate::profile::STAGING_DIR;
 
@@ -42,6 +43,25 @@ pub struct Tree {
     counter: AtomicU64,
     fsync: bool,
     replace: bool,
+    /// Existing directories made owner-writable, with their modes before:
+    /// restored if the pull stops before [`Tree::finish`].
+    unlocked: std::sync::Mutex<Vec<(PathBuf, u32)>>,
+    finished: bool,
+}
+
+impl Drop for Tree {
+    /// A pull that failed leaves no staging directory and no directory whose
+    /// mode it loosened (files already placed are complete and stay).
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let _ = remove_all(&self.staging);
+        let unlocked = std::mem::take(&mut *self.unlocked.lock().unwrap_or_else(|e| e.into_inner()));
+        for (path, mode) in unlocked.into_iter().rev() {
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
+        }
+    }
 }
 
 fn mtime(ns: i64) -> FileTime {
@@ -58,13 +78,21 @@ impl Tree {
     /// I/O errors creating the root or staging directory.
     pub fn open(root: &Path, fsync: bool, replace: bool) -> Result<Tree> {
         fs::create_dir_all(root).map_err(at(root))?;
-        make_writable_dir(root)?;
-        let staging = root.join(STAGING_DIR);
-        if fs::symlink_metadata(&staging).is_ok() {
-            remove_all(&staging)?;
+        let tree = Tree {
+            root: root.to_path_buf(),
+            staging: root.join(STAGING_DIR),
+            counter: AtomicU64::new(0),
+            fsync,
+            replace,
+            unlocked: Default::default(),
+            finished: false,
+        };
+        tree.unlock_dir(root)?;
+        if fs::symlink_metadata(&tree.staging).is_ok() {
+            remove_all(&tree.staging)?;
         }
-        fs::create_dir(&staging).map_err(at(&staging))?;
-        Ok(Tree { root: root.to_path_buf(), staging, counter: AtomicU64::new(0), fsync, replace })
+        fs::create_dir(&tree.staging).map_err(at(&tree.staging))?;
+        Ok(tree)
     }
 
     /// The absolute path of a root-relative path.
@@ -91,11 +119,10 @@ impl Tree {
     ///
     /// I/O errors, with the path.
     pub fn prepare_dirs(&self, manifest: &Manifest) -> Result<()> {
-        make_writable_dir(&self.root)?;
         for e in manifest.entries().iter().filter(|e| e.content == Content::Dir) {
             let path = self.path(&e.path);
             match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => make_writable_dir(&path)?,
+                Ok(m) if m.is_dir() => self.unlock_dir(&path)?,
                 Ok(_) => {
                     self.check_replace(&path)?;
                     fs::remove_file(&path).map_err(at(&path))?;
@@ -120,19 +147,29 @@ impl Tree {
         fs::set_permissions(staged, fs::Permissions::from_mode(entry.mode)).map_err(at(staged))?;
         filetime::set_file_mtime(staged, mtime(entry.mtime_ns)).map_err(at(staged))?;
         let dest = self.path(&entry.path);
-        self.clear_for(&dest)?;
+        self.clear_for(&dest, true)?;
         fs::rename(staged, &dest).map_err(at(&dest))
     }
 
-    /// Copies a local file into staging (to be placed later).
+    /// Copies a local file into staging (to be placed later), checking on
+    /// the way that it still is `expected`; `None` when it is not (the
+    /// caller fetches it instead).
     ///
     /// # Errors
     ///
     /// I/O errors, with the path.
-    pub fn stage_copy(&self, from: &Path) -> Result<PathBuf> {
-        let (path, _) = self.staging_file().map_err(at(&self.staging))?;
-        fs::copy(from, &path).map_err(at(from))?;
-        Ok(path)
+    pub fn stage_copy(&self, from: &Path, expected: Hash) -> Result<Option<PathBuf>> {
+        let (path, file) = self.staging_file().map_err(at(&self.staging))?;
+        let mut source = fs::File::open(from).map_err(at(from))?;
+        let mut writer = HashingWriter::new(io::BufWriter::new(file));
+        io::copy(&mut source, &mut writer).map_err(at(from))?;
+        let (actual, _, out) = writer.finish();
+        out.into_inner().map_err(|e| at(&path)(e.into_error()))?;
+        if actual == expected {
+            return Ok(Some(path));
+        }
+        fs::remove_file(&path).map_err(at(&path))?;
+        Ok(None)
     }
 
     /// Creates or replaces a symlink, atomically.
@@ -146,7 +183,7 @@ impl Tree {
         symlink(target, &tmp).map_err(at(&tmp))?;
         filetime::set_symlink_file_times(&tmp, mtime(entry.mtime_ns), mtime(entry.mtime_ns)).map_err(at(&tmp))?;
         let dest = self.path(&entry.path);
-        self.clear_for(&dest)?;
+        self.clear_for(&dest, false)?;
         fs::rename(&tmp, &dest).map_err(at(&dest))
     }
 
@@ -162,12 +199,15 @@ impl Tree {
     }
 
     /// A directory in the way of a file or symlink is removed (rename cannot replace it).
-    fn clear_for(&self, dest: &Path) -> Result<()> {
+    /// A symlink where a file goes was not planned (the plan replaces known
+    /// links only with `--delete`): it too needs `--delete`.
+    fn clear_for(&self, dest: &Path, placing_file: bool) -> Result<()> {
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => {
                 self.check_replace(dest)?;
                 remove_all(dest)
             }
+            Ok(m) if placing_file && m.file_type().is_symlink() => self.check_replace(dest),
             _ => Ok(()),
         }
     }
@@ -190,7 +230,7 @@ impl Tree {
     pub fn remove(&self, rel: &str) -> Result<()> {
         let path = self.path(rel);
         if let Some(parent) = path.parent() {
-            make_writable_dir(parent)?;
+            self.unlock_dir(parent)?;
         }
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => remove_all(&path),
@@ -206,15 +246,27 @@ impl Tree {
     /// # Errors
     ///
     /// I/O errors, with the path.
-    pub fn finish(self, manifest: &Manifest) -> Result<()> {
+    pub fn finish(mut self, manifest: &Manifest) -> Result<()> {
+        self.finished = true;
         remove_all(&self.staging)?;
         for e in manifest.entries().iter().rev().filter(|e| e.content == Content::Dir) {
             let path = self.path(&e.path);
             fs::set_permissions(&path, fs::Permissions::from_mode(e.mode)).map_err(at(&path))?;
             filetime::set_file_mtime(&path, mtime(e.mtime_ns)).map_err(at(&path))?;
         }
-        if self.fsync {
-            crate::fsutil::syncfs(&self.root).map_err(at(&self.root))?;
+        // One syncfs makes every file of this pull durable before the hash
+        // cache (saved next) vouches for them.
+        crate::fsutil::syncfs(&self.root).map_err(at(&self.root))
+    }
+}
+
+impl Tree {
+    /// Makes an existing directory owner-writable, remembering its mode.
+    fn unlock_dir(&self, path: &Path) -> Result<()> {
+        let mode = fs::symlink_metadata(path).map_err(at(path))?.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            self.unlocked.lock().unwrap_or_else(|e| e.into_inner()).push((path.to_path_buf(), mode & 0o7777));
+            fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(at(path))?;
         }
         Ok(())
     }

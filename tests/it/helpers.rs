@@ -109,6 +109,8 @@ pub fn describe(root: &Path) -> Vec<String> {
             format!("link -> {}", std::fs::read_link(e.path()).unwrap().display())
         } else if m.is_dir() {
             format!("dir {:o} mtime {}.{}", m.mode() & 0o777, m.mtime(), m.mtime_nsec())
+        } else if !m.is_file() {
+            format!("special {:o}", m.mode()) // never read a FIFO: it would block
         } else {
             let h = blake3_hex(&std::fs::read(e.path()).unwrap());
             format!("file {:o} mtime {}.{} {}", m.mode() & 0o777, m.mtime(), m.mtime_nsec(), h)

@@ -59,6 +59,12 @@ const UNSAFE: &[&[(u8, &str, &str)]] = &[
     &[(2, "l", "."), (0, "l/x", "")],
     &[(2, "l", "../../etc")],
     &[(2, "l", "/etc")],
+    // A chain: d/up -> .. is inside, but esc -> d/up/.. resolves above the root.
+    &[(1, "d", ""), (2, "d/up", ".."), (2, "esc", "d/up/..")],
+    // Through an entry the manifest does not describe (a local link to /etc, say).
+    &[(2, "l", "x/passwd")],
+    // The receiver's staging directory is reserved.
+    &[(0, ".cachesync.tmp/s5", "")],
 ];
 
 async fn commit_raw(client: &mut Raw, key: &str, bytes: &[u8]) -> Result<pb::CommitResponse, Status> {
@@ -119,6 +125,8 @@ async fn pull_refuses_unsafe_manifests_and_leaves_the_tree_alone() {
     let mirror = spawn_mirror(&store).await;
     let dst = t.path().join("dst");
     write(&dst, "keep", b"mine");
+    write(&dst, "ro/file", b"read-only");
+    set_mode(&dst.join("ro"), 0o555);
     let before = describe(&dst);
     for i in 0..UNSAFE.len() {
         let mut client = connect(&mirror.url).await;
@@ -126,7 +134,9 @@ async fn pull_refuses_unsafe_manifests_and_leaves_the_tree_alone() {
         let err = sync::pull(&mut client, &req, &options(&t.path().join("state"))).await.unwrap_err().to_string();
         assert!(err.contains("invalid manifest"), "{err}");
         assert_eq!(describe(&dst), before, "the tree is unchanged after {err}");
+        assert!(!dst.join(".cachesync.tmp").exists(), "no staging directory is left");
     }
+    unlock(&dst);
     assert!(!t.path().join("escape").exists() && !t.path().join("b").exists());
 }
 
@@ -271,4 +281,110 @@ async fn version_mismatch_unknown_blobs_and_oversized_requests_get_clear_statuse
     assert_eq!(err.code(), Code::NotFound);
     let err = client.get_delta(pb::GetDeltaRequest { hash: vec![1; 32], signature: vec![0; 8] }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pull_leaves_the_tree_exactly_as_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src, "a/x", b"payload");
+    write(&src, "ro/f", b"new");
+    write(&dst, "ro/f", b"old");
+    set_mode(&dst.join("ro"), 0o555);
+    // A FIFO where the snapshot has a directory: the scan skips special files,
+    // so only a check before the first write can see it.
+    let fifo = std::ffi::CString::new(dst.join("a").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let opts = options(&t.path().join("state"));
+    let mut client = connect(&mirror.url).await;
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    sync::push(&mut client, &push, &opts).await.unwrap();
+    let before = describe(&dst);
+    let mut req = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
+    assert!(err.contains("\"a\"") && err.contains("--delete"), "{err}");
+    assert_eq!(describe(&dst), before, "nothing was written, no mode loosened");
+    assert!(!dst.join(".cachesync.tmp").exists());
+    req.delete = true;
+    sync::pull(&mut client, &req, &opts).await.unwrap();
+    assert_same_tree(&src, &dst);
+    unlock(&dst);
+}
+
+/// A mirror that serves everything honestly except that it silently leaves
+/// the last requested blob out of every GetBlobs stream.
+struct Omitting(cachesync::rpc::server::MirrorService);
+
+type Resp<T> = Result<tonic::Response<T>, Status>;
+type Inner = cachesync::rpc::server::MirrorService;
+
+#[tonic::async_trait]
+impl pb::cache_sync_server::CacheSync for Omitting {
+    type GetManifestStream = <Inner as pb::cache_sync_server::CacheSync>::GetManifestStream;
+    type GetBlobsStream = <Inner as pb::cache_sync_server::CacheSync>::GetBlobsStream;
+    type GetSignatureStream = <Inner as pb::cache_sync_server::CacheSync>::GetSignatureStream;
+    type GetDeltaStream = <Inner as pb::cache_sync_server::CacheSync>::GetDeltaStream;
+
+    async fn hello(&self, r: Request<pb::HelloRequest>) -> Resp<pb::HelloResponse> {
+        self.0.hello(r).await
+    }
+    async fn resolve(&self, r: Request<pb::ResolveRequest>) -> Resp<pb::ResolveResponse> {
+        self.0.resolve(r).await
+    }
+    async fn list_keys(&self, r: Request<pb::ListKeysRequest>) -> Resp<pb::ListKeysResponse> {
+        self.0.list_keys(r).await
+    }
+    async fn get_manifest(&self, r: Request<pb::GetManifestRequest>) -> Resp<Self::GetManifestStream> {
+        self.0.get_manifest(r).await
+    }
+    async fn missing_blobs(&self, r: Request<pb::MissingBlobsRequest>) -> Resp<pb::MissingBlobsResponse> {
+        self.0.missing_blobs(r).await
+    }
+    async fn put_blobs(&self, r: Request<tonic::Streaming<pb::BlobFrame>>) -> Resp<pb::PutBlobsResponse> {
+        self.0.put_blobs(r).await
+    }
+    async fn get_blobs(&self, r: Request<pb::GetBlobsRequest>) -> Resp<Self::GetBlobsStream> {
+        let mut req = r.into_inner();
+        req.hashes.pop();
+        self.0.get_blobs(Request::new(req)).await
+    }
+    async fn get_signature(&self, r: Request<pb::GetSignatureRequest>) -> Resp<Self::GetSignatureStream> {
+        self.0.get_signature(r).await
+    }
+    async fn get_delta(&self, r: Request<pb::GetDeltaRequest>) -> Resp<Self::GetDeltaStream> {
+        self.0.get_delta(r).await
+    }
+    async fn commit(&self, r: Request<tonic::Streaming<pb::CommitFrame>>) -> Resp<pb::CommitResponse> {
+        self.0.commit(r).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_leaves_blobs_out_fails_the_pull() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for i in 0..5 {
+        write(&src, &format!("f{i}"), &random_bytes(i, 1000));
+    }
+    let honest = spawn_mirror(&t.path().join("store")).await;
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    sync::push(&mut connect(&honest.url).await, &push, &options(&t.path().join("s"))).await.unwrap();
+    let store = cachesync::store::Store::open(t.path().join("store").to_str().unwrap()).unwrap();
+    let options_ = cachesync::rpc::server::ServiceOptions { compression_level: 3, max_blob_bytes: 1 << 30 };
+    let service = Omitting(cachesync::rpc::server::MirrorService::new(store, options_));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::cache_sync_server::CacheSyncServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut opts = options(&t.path().join("s2"));
+    opts.streams = 1;
+    let pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let err = sync::pull(&mut connect(&url).await, &pull, &opts).await.unwrap_err().to_string();
+    assert!(err.contains("1 of the 5 requested blobs missing"), "{err}");
+    assert_eq!(describe(&dst).iter().filter(|l| l.contains("file")).count(), 4, "the four that came are complete");
 }

@@ -106,3 +106,21 @@ async fn pull_replaces_changed_files_and_deletes_only_when_asked() {
     sync::pull(&mut client, &pull, &opts).await.unwrap();
     assert_same_tree(&src, &dst);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_file_is_copied_locally_even_when_its_old_name_is_deleted() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    let content = random_bytes(11, 1 << 20);
+    write(&src, "new-name", &content);
+    write(&dst, "old/name", &content);
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = connect(&mirror.url).await;
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    sync::push(&mut client, &push, &options(&state)).await.unwrap();
+    let mut client = connect(&mirror.url).await;
+    let pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: true };
+    let report = sync::pull(&mut client, &pull, &options(&t.path().join("state-dst"))).await.unwrap();
+    assert_same_tree(&src, &dst);
+    assert!(report.bytes_received < 64 << 10, "the content came from the local copy: {}", report.bytes_received);
+}
