@@ -90,6 +90,9 @@ pub struct PullArgs {
     /// Remove local files the snapshot does not have.
     #[arg(long)]
     pub delete: bool,
+    /// Exit 1 when no snapshot matches (by default a miss prints "no cache" and exits 0).
+    #[arg(long)]
+    pub fail_on_miss: bool,
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,

@@ -11,7 +11,7 @@ use crate::hash::cache::HashCache;
 use crate::mirror::Mirror;
 use crate::profile::Profile;
 use crate::rpc::client::Client;
-use crate::sync::{self, PullRequest, PushRequest, Report, SyncOptions};
+use crate::sync::{self, PullRequest, PushRequest, Report, SyncError, SyncOptions};
 
 /// Runs one command with its settings.
 ///
@@ -66,9 +66,32 @@ async fn pull(args: PullArgs, settings: Settings) -> anyhow::Result<()> {
         PullRequest { root: args.dir.clone(), key: args.key, restore_prefixes: args.restore_keys, delete: args.delete };
     req.validate()?;
     let mut client = connect(&settings).await?;
-    let report = sync::pull(&mut client, &req, &sync_options(&settings, args.json)).await?;
+    let report = match sync::pull(&mut client, &req, &sync_options(&settings, args.json)).await {
+        Err(SyncError::Miss(key)) if !args.fail_on_miss => {
+            let miss = Report { key: key.clone(), requested_key: key.clone(), ..Report::default() };
+            step_outputs(&miss)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&miss).expect("reports serialize"));
+            } else {
+                println!("no cache for key {key:?} (nor for any restore key); {} left as it was", args.dir.display());
+            }
+            return Ok(());
+        }
+        other => other?,
+    };
+    step_outputs(&report)?;
     print_report(&report, args.json, "restored", &args.dir);
     Ok(())
+}
+
+/// In a GitHub Actions step (`GITHUB_OUTPUT` set), the pull's outputs:
+/// `cache-hit` (the exact key was restored) and `restored-key`.
+fn step_outputs(r: &Report) -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os("GITHUB_OUTPUT") else { return Ok(()) };
+    let text = format!("cache-hit={}\nrestored-key={}\n", r.cache_hit, r.restored_key);
+    let mut file = std::fs::OpenOptions::new().append(true).create(true).open(&path)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("writing step outputs to {}", std::path::Path::new(&path).display()))
 }
 
 fn print_report(r: &Report, json: bool, verb: &str, dir: &std::path::Path) {

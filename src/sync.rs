@@ -90,6 +90,14 @@ pub enum SyncError {
 pub struct Report {
     /// The key written or restored.
     pub key: String,
+    /// Pull: the key asked for (`key` is the one restored, maybe a fallback).
+    pub requested_key: String,
+    /// Pull: a snapshot was restored (the exact key or a restore key).
+    pub hit: bool,
+    /// Pull: the exact key was restored, as actions/cache's `cache-hit`.
+    pub cache_hit: bool,
+    /// Pull: the key restored; empty on a miss.
+    pub restored_key: String,
     /// The snapshot's generation.
     pub generation: u64,
     /// The snapshot's manifest id.
@@ -122,11 +130,44 @@ impl Report {
     }
 }
 
+fn root_id(root: &Path) -> String {
+    let canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    Hash::of(canonical.as_os_str().as_encoded_bytes()).to_hex()[..24].to_string()
+}
+
 /// Where the hash cache of a root lives.
 fn cache_path(state_dir: &Path, root: &Path) -> PathBuf {
-    let canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let id = Hash::of(canonical.as_os_str().as_encoded_bytes()).to_hex();
-    state_dir.join("hashcache").join(format!("{}.bin", &id[..24]))
+    state_dir.join("hashcache").join(format!("{}.bin", root_id(root)))
+}
+
+/// The snapshot a root was last pulled from or pushed as: what a push at the
+/// end of a CI job compares with.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub(crate) struct Base {
+    key: String,
+    generation: u64,
+    manifest: String,
+}
+
+fn base_path(state_dir: &Path, root: &Path) -> PathBuf {
+    state_dir.join("bases").join(format!("{}.json", root_id(root)))
+}
+
+fn load_base(state_dir: &Path, root: &Path) -> Option<Base> {
+    serde_json::from_slice(&std::fs::read(base_path(state_dir, root)).ok()?).ok()
+}
+
+fn save_base(state_dir: &Path, root: &Path, base: &Base) {
+    let path = base_path(state_dir, root);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(base).expect("bases serialize"))?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "could not record the base snapshot");
+    }
 }
 
 fn save_cache(cache: &HashCache, path: &Path) {

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::plan::{PlanOptions, PullPlan, plan_pull};
 use super::tree::Tree;
-use super::{Report, SyncError, SyncOptions, cache_path, save_cache, split_balanced};
+use super::{Base, Report, SyncError, SyncOptions, cache_path, save_base, save_cache, split_balanced};
 use crate::delta;
 use crate::hash::Hash;
 use crate::hash::cache::{FileKey, HashCache};
@@ -76,6 +76,10 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     let tree = open_tree(req, opts).await?;
     let mut report = Report {
         key: snapshot.key.clone(),
+        requested_key: req.key.clone(),
+        hit: true,
+        cache_hit: snapshot.key == req.key,
+        restored_key: snapshot.key.clone(),
         generation: snapshot.generation,
         manifest: snapshot.manifest.clone(),
         files: manifest.file_count(),
@@ -97,6 +101,8 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     report.blobs_whole = whole.len() as u64;
     job.fetch_whole(client, whole, opts.streams).await?;
     job.finish(plan.symlinks, cache, cache_path(&opts.state_dir, &req.root)).await?;
+    let base = Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
+    save_base(&opts.state_dir, &req.root, &base);
     report.finish(client, started);
     info!(key = %report.key, generation = report.generation, files = report.files, bytes_received = report.bytes_received, "pull finished");
     Ok(report)

@@ -6,8 +6,9 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::plan::{PlanOptions, Upload, plan_push};
-use super::{Report, SyncError, SyncOptions, cache_path, save_cache, split_balanced};
+use super::{Base, Report, SyncError, SyncOptions, cache_path, load_base, save_base, save_cache, split_balanced};
 use crate::delta;
+use crate::hash::Hash;
 use crate::hash::cache::HashCache;
 use crate::profile::Profile;
 use crate::progress::Progress;
@@ -60,6 +61,16 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
         manifest: local.id().to_hex(),
         ..Report::default()
     };
+    let base = load_base(&opts.state_dir, &req.root);
+    if let Some(b) = base.as_ref().filter(|b| b.key == req.key && b.manifest == report.manifest) {
+        debug!(key = %b.key, generation = b.generation, "nothing changed since this root's last pull or push");
+        report.generation = b.generation;
+        report.unchanged = true;
+        report.finish(client, started);
+        return Ok(report);
+    }
+    // Deltas are computed against the key's newest snapshot, or else against
+    // the snapshot this root was restored from (a fallback restore key).
     let previous = match client.resolve(&req.key, &[]).await? {
         Some(s) if s.manifest == report.manifest => {
             report.generation = s.generation;
@@ -68,7 +79,10 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
             return Ok(report);
         }
         Some(s) => Some(client.manifest(s.manifest_id()?).await?),
-        None => None,
+        None => match base.and_then(|b| Hash::from_hex(&b.manifest).ok()) {
+            Some(id) => client.manifest(id).await.ok(),
+            None => None,
+        },
     };
     let mut hashes: Vec<_> = local.entries().iter().filter_map(|e| e.file_hash()).collect();
     hashes.sort_unstable();
@@ -82,6 +96,9 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string()).await?;
     report.generation = snapshot.generation;
     report.unchanged = unchanged;
+    let pushed =
+        Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
+    save_base(&opts.state_dir, &req.root, &pushed);
     report.finish(client, started);
     info!(key = %req.key, generation = report.generation, files = report.files, bytes_sent = report.bytes_sent, "push finished");
     Ok(report)

@@ -151,11 +151,19 @@ fn unreachable_mirror_is_one_line_naming_the_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_key_is_one_line_naming_the_key() {
+async fn unknown_key_is_no_cache_or_one_line_with_fail_on_miss() {
     let t = tempfile::tempdir().unwrap();
     let mirror = spawn_mirror(&t.path().join("store")).await;
     let dst = t.path().join("dst");
-    let out = run_async(&["pull", "--mirror", &mirror.url, "--key", "never/pushed", s(&dst)], &[]).await;
+    let outputs = t.path().join("github_output");
+    let env = [("GITHUB_OUTPUT", s(&outputs))];
+    let (code, stdout, stderr) =
+        run_async(&["pull", "--mirror", &mirror.url, "--key", "never/pushed", s(&dst)], &env).await;
+    assert_eq!((code, stderr.as_str()), (0, ""), "a miss is not a failure for a CI job");
+    assert!(stdout.starts_with("no cache for key \"never/pushed\"") && stdout.lines().count() == 1, "{stdout}");
+    assert_eq!(std::fs::read_to_string(&outputs).unwrap(), "cache-hit=false\nrestored-key=\n");
+    let out =
+        run_async(&["pull", "--mirror", &mirror.url, "--key", "never/pushed", "--fail-on-miss", s(&dst)], &[]).await;
     assert_fails(&out, FAILURE, &["never/pushed", "no snapshot"]);
     assert!(is_empty_or_missing(&dst), "a missed pull leaves nothing behind");
     mirror.stop().await;

@@ -1,0 +1,126 @@
+//! CI jobs: restore keys, step outputs, and jobs that build on each other.
+
+use cachesync::profile::Profile;
+use cachesync::sync::{self, PullRequest, PushRequest};
+
+use crate::helpers::*;
+
+async fn push_tree(url: &str, root: &std::path::Path, key: &str, state: &std::path::Path) {
+    let req = PushRequest { root: root.to_path_buf(), key: key.into(), profile: Profile::Generic };
+    sync::push(&mut connect(url).await, &req, &options(state)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_keys_fall_back_in_order_newest_snapshot_first() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    for (i, key) in ["gomod/linux/main", "gomod/linux/feature-x", "gomod/mac/main"].iter().enumerate() {
+        let root = t.path().join(format!("src{i}"));
+        write(&root, "which", key.as_bytes());
+        push_tree(&mirror.url, &root, key, &t.path().join(format!("s{i}"))).await;
+        // Snapshot times have millisecond resolution: let the clock move on.
+        let pushed = std::time::SystemTime::now();
+        wait_for(1, "the clock to tick", || pushed.elapsed().is_ok_and(|d| d.as_millis() >= 2)).await;
+    }
+    let restore = |key: &str, prefixes: &[&str]| {
+        let dst = t.path().join(format!("dst-{}", prefixes.len()));
+        let req = PullRequest {
+            root: dst.join(key.replace('/', "_")),
+            key: key.into(),
+            restore_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            delete: false,
+        };
+        let state = t.path().join("state");
+        let url = mirror.url.clone();
+        async move {
+            let report = sync::pull(&mut connect(&url).await, &req, &options(&state)).await;
+            report.map(|r| (r.restored_key, r.cache_hit, std::fs::read_to_string(req.root.join("which")).unwrap()))
+        }
+    };
+    // The exact key wins over every restore key.
+    let (key, exact, which) = restore("gomod/linux/main", &["gomod/"]).await.unwrap();
+    assert_eq!((key.as_str(), exact, which.as_str()), ("gomod/linux/main", true, "gomod/linux/main"));
+    // Restore keys are tried in order: the first that matches anything wins.
+    let (key, exact, _) = restore("gomod/linux/pr-1", &["gomod/linux/main", "gomod/"]).await.unwrap();
+    assert_eq!((key.as_str(), exact), ("gomod/linux/main", false));
+    // Within one prefix, the newest snapshot wins (feature-x was pushed after main).
+    let (key, _, _) = restore("gomod/linux/pr-2", &["gomod/nothing/", "gomod/linux/"]).await.unwrap();
+    assert_eq!(key, "gomod/linux/feature-x");
+    // Nothing matches: a miss.
+    assert!(matches!(restore("cargo/x", &["cargo/"]).await, Err(sync::SyncError::Miss(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_restore_add_and_save_and_the_next_job_gets_the_union() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let key = "gomod/linux/main";
+    let mut expected = Vec::new();
+    for job in 0..3 {
+        // Each job runs on a fresh machine: its own cache directory and state.
+        let (cache, state) = (t.path().join(format!("job{job}/cache")), t.path().join(format!("job{job}/state")));
+        let req = PullRequest {
+            root: cache.clone(),
+            key: key.into(),
+            restore_prefixes: vec!["gomod/".into()],
+            delete: false,
+        };
+        let pulled = sync::pull(&mut connect(&mirror.url).await, &req, &options(&state)).await;
+        assert_eq!(pulled.is_ok(), job > 0, "job {job}: the first job misses, the others hit");
+        for name in &expected {
+            assert!(cache.join(name).exists(), "job {job} restored {name}");
+        }
+        let name = format!("mod{job}/v1.0.{job}.zip");
+        write(&cache, &name, &random_bytes(job, 50_000));
+        expected.push(name);
+        let push = PushRequest { root: cache.clone(), key: key.into(), profile: Profile::GoMod };
+        let report = sync::push(&mut connect(&mirror.url).await, &push, &options(&state)).await.unwrap();
+        assert_eq!(report.blobs_whole, 1, "job {job} sends only what it added");
+        assert!(report.bytes_sent < 80_000, "job {job} sent {}", report.bytes_sent);
+    }
+    let last = t.path().join("last");
+    let req = PullRequest { root: last.clone(), key: key.into(), restore_prefixes: vec![], delete: false };
+    let report = sync::pull(&mut connect(&mirror.url).await, &req, &options(&t.path().join("s-last"))).await.unwrap();
+    assert_eq!(report.files, 3);
+    for name in &expected {
+        assert!(last.join(name).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_sends_only_what_changed_since_the_restore() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut data = random_bytes(21, 4 << 20);
+    let main = t.path().join("main");
+    write(&main, "index.db", &data);
+    push_tree(&mirror.url, &main, "gomod/linux/main", &t.path().join("s-main")).await;
+
+    // A job on a branch restores main's cache through a restore key.
+    let (cache, state) = (t.path().join("job/cache"), t.path().join("job/state"));
+    let req = PullRequest {
+        root: cache.clone(),
+        key: "gomod/linux/pr-7".into(),
+        restore_prefixes: vec!["gomod/linux/main".into()],
+        delete: false,
+    };
+    let pulled = sync::pull(&mut connect(&mirror.url).await, &req, &options(&state)).await.unwrap();
+    assert!(!pulled.cache_hit);
+    // It changes 1% of the file and saves under its own key: a delta against what it restored.
+    data[1_000_000..1_040_000].copy_from_slice(&random_bytes(22, 40_000));
+    write(&cache, "index.db", &data);
+    let push = PushRequest { root: cache.clone(), key: "gomod/linux/pr-7".into(), profile: Profile::Generic };
+    let saved = sync::push(&mut connect(&mirror.url).await, &push, &options(&state)).await.unwrap();
+    assert_eq!(saved.blobs_delta, 1);
+    assert!(saved.bytes_sent < data.len() as u64 / 20, "sent {}", saved.bytes_sent);
+
+    // The next job hits its exact key, changes nothing, and its save does nothing.
+    let (cache2, state2) = (t.path().join("job2/cache"), t.path().join("job2/state"));
+    let req =
+        PullRequest { root: cache2.clone(), key: "gomod/linux/pr-7".into(), restore_prefixes: vec![], delete: false };
+    assert!(sync::pull(&mut connect(&mirror.url).await, &req, &options(&state2)).await.unwrap().cache_hit);
+    let push = PushRequest { root: cache2, key: "gomod/linux/pr-7".into(), profile: Profile::Generic };
+    let noop = sync::push(&mut connect(&mirror.url).await, &push, &options(&state2)).await.unwrap();
+    assert!(noop.unchanged && noop.generation == saved.generation);
+    assert!(noop.bytes_sent < 2048, "a no-op save sent {}", noop.bytes_sent);
+}
