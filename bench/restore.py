@@ -5,31 +5,21 @@ from a tar + zstd archive the way actions/cache does.
 
     python3 bench/restore.py [--dir DIR] [--runs 5] [--scale 1.0] [--no-build]
 
-The cache is generated without network: ~60 module versions in GOMODCACHE
-layout (cache/download/<escaped module>/@v/{list,.info,.mod,.zip,.ziphash} and
-the extracted <escaped module>@<version>/ trees, files 0444 and directories
-0555), Go-like source text that compresses plus incompressible testdata, and
-~70% of files identical between versions of one module. The archive is made as
-actions/cache (@actions/cache tar.ts) makes it: `tar --posix` piped to
-`zstd -T0 --long=30` (zstdmt, default level 3), and unpacked with
-`tar --use-compress-program 'unzstd --long=30' -xf`. tar reads a local archive
-that is already in the page cache (the download is not counted); cachesync
-reads from a mirror on 127.0.0.1 whose store is in the page cache too.
-Wall, CPU and peak RSS come from GNU /usr/bin/time (for tar, the CPU of tar
-and unzstd together, and the larger RSS of the two). Medians of N runs.
+The cache is generated offline: ~60 module versions in GOMODCACHE layout
+(cache/download/<escaped module>/@v/{list,.info,.mod,.zip,.ziphash}, extracted
+<escaped module>@<version>/ trees with files 0444 and directories 0555), Go-like
+text that compresses, incompressible testdata, ~70% of files shared between
+versions of a module. The archive is made as @actions/cache (tar.ts) makes it:
+`tar --posix | zstdmt --long=30` (level 3), unpacked with `tar
+--use-compress-program 'unzstd --long=30' -xf`, from a local file in the page
+cache (the download is not counted). cachesync pulls from a mirror on
+127.0.0.1, on the same cores, whose store is in the page cache too. Wall, CPU,
+peak RSS: GNU /usr/bin/time (for tar: tar + unzstd CPU, the larger RSS).
+Run it on a quiet machine, minutes after any large delete: ext4 slows every
+inode allocation (`recently_deleted`) for a while after many inodes are freed.
 """
 
-import argparse
-import hashlib
-import base64
-import json
-import math
-import os
-import random
-import stat
-import subprocess
-import sys
-import zipfile
+import argparse, base64, hashlib, json, math, os, random, stat, subprocess, sys, zipfile  # noqa: E401
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -184,8 +174,7 @@ def ensure_tools():
         sys.exit("GNU tar is required")
     if not any((Path(d) / "zstd").exists() for d in os.environ["PATH"].split(":")):
         sudo = [] if os.geteuid() == 0 else ["sudo"]
-        sh(*sudo, "apt-get", "update", "-qq")
-        sh(*sudo, "apt-get", "install", "-y", "-qq", "zstd")
+        sh(*sudo, "apt-get", "update", "-qq") and sh(*sudo, "apt-get", "install", "-y", "-qq", "zstd")
 
 
 def main():
@@ -206,8 +195,7 @@ def main():
         rm(tree)
         make_modcache(tree, args.scale)
         (base / f"gomod-{args.scale}.done").write_text("")
-    # Fresh names for every restore, all removed at the end: ext4 slows down
-    # inode allocation right after a large tree was deleted in the same place.
+    # Fresh names for every restore, all removed at the end (see ext4 above).
     work = base / f"restore-{os.getpid()}"
     work.mkdir()
     try:
@@ -261,11 +249,13 @@ def measure(args, tree: Path, work: Path):
     print(f"\nrestore of a Go module cache into an empty directory: {files} files, {size / MiB:.0f} MiB "
           f"({size / 1e6:.0f} MB), archive {archive.stat().st_size / MiB:.1f} MiB (tar --posix | zstd -T0 --long=30, "
           f"level 3, as actions/cache); {args.runs} runs, medians; {os.cpu_count()} cores; trees verified identical")
-    print("| restore | wall (s) | CPU (s) | peak RSS (MiB) | bytes read | wall vs tar |\n| --- | --- | --- | --- | --- | --- |")
+    print("| restore | wall (s) | CPU (s) | mirror CPU (s) | peak RSS (MiB) | bytes read | wall / tar wall |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     t0 = median(r[0] for r in tar)
-    for label, rows in (("tar + unzstd, local archive (no sync)", tar), ("tar + unzstd, then `sync -f` (durable)", tar_sync),
-                        (f"cachesync pull, loopback mirror (syncfs; mirror CPU {median(mirror_cpu):.2f} s)", pull)):
-        print(f"| {label} | {median(r[0] for r in rows):.2f} | {median(r[1] for r in rows):.2f} | "
+    for label, rows, mcpu in (("tar + unzstd, local archive, no sync", tar, "–"),
+                              ("tar + unzstd, then `sync -f` (durable)", tar_sync, "–"),
+                              ("cachesync pull, mirror on loopback (ends with syncfs)", pull, f"{median(mirror_cpu):.2f}")):
+        print(f"| {label} | {median(r[0] for r in rows):.2f} | {median(r[1] for r in rows):.2f} | {mcpu} | "
               f"{median(r[2] for r in rows):.0f} | {median(r[3] for r in rows) / MiB:.1f} MiB | "
               f"{median(r[0] for r in rows) / t0:.2f} |")
 

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::hash::cache::HashCache;
 use crate::mirror::Mirror;
 use crate::profile::Profile;
-use crate::rpc::client::Client;
+use crate::rpc::client::{Client, ConnectOptions};
 use crate::sync::{self, PullRequest, PushRequest, Report, SyncError, SyncOptions};
 
 /// Runs one command with its settings.
@@ -41,7 +41,14 @@ fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Client> {
-    Ok(Client::connect(&settings.client.mirror, settings.connect_timeout()).await?)
+    let c = &settings.client;
+    let token = match (c.token.as_str(), c.token_file.as_str()) {
+        ("", "") => None,
+        ("", file) => Some(std::fs::read_to_string(file).with_context(|| format!("reading the token file {file}"))?),
+        (token, _) => Some(token.to_string()),
+    };
+    let opts = ConnectOptions { timeout: settings.connect_timeout(), token };
+    Ok(Client::connect_with(&c.mirror, &opts).await?)
 }
 
 async fn mirror(settings: Settings) -> anyhow::Result<()> {

@@ -55,6 +55,8 @@ pub struct MirrorSettings {
     pub store: String,
     /// Largest blob accepted, in bytes.
     pub max_blob_bytes: u64,
+    /// The tokens file (empty: no tokens, anyone may read and write).
+    pub tokens_file: String,
 }
 
 /// Commands that talk to a mirror.
@@ -65,6 +67,10 @@ pub struct ClientSettings {
     pub mirror: String,
     /// How long to wait for a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// The token to present (prefer `token_file` or the environment: flags show in `ps`).
+    pub token: String,
+    /// A file holding the token.
+    pub token_file: String,
 }
 
 /// How bytes move.
@@ -105,13 +111,19 @@ impl Default for MirrorSettings {
             listen: "127.0.0.1:7415".into(),
             store: store.to_string_lossy().into_owned(),
             max_blob_bytes: 64 << 30,
+            tokens_file: String::new(),
         }
     }
 }
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        ClientSettings { mirror: "http://127.0.0.1:7415".into(), connect_timeout_ms: 10_000 }
+        ClientSettings {
+            mirror: "http://127.0.0.1:7415".into(),
+            connect_timeout_ms: 10_000,
+            token: String::new(),
+            token_file: String::new(),
+        }
     }
 }
 

@@ -2,10 +2,14 @@
 
 use std::net::SocketAddr;
 
+use std::path::Path;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+
+use tracing::{error, info, warn};
+
+use crate::auth::{Auth, AuthError};
 
 use crate::config::{MirrorSettings, TransferSettings};
 use crate::rpc::server::{MirrorService, ServiceOptions};
@@ -14,6 +18,9 @@ use crate::store::{Store, StoreError};
 /// Why the mirror could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
+    /// Reading the tokens file.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// Opening the store.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -35,6 +42,7 @@ pub enum MirrorError {
 pub struct Mirror {
     listener: TcpListener,
     service: MirrorService,
+    auth: Auth,
 }
 
 impl Mirror {
@@ -50,7 +58,14 @@ impl Mirror {
             .map_err(|source| MirrorError::Bind { addr: settings.listen.clone(), source })?;
         let options =
             ServiceOptions { compression_level: transfer.compression_level, max_blob_bytes: settings.max_blob_bytes };
-        Ok(Mirror { listener, service: MirrorService::new(store, options) })
+        let auth = match settings.tokens_file.as_str() {
+            "" => {
+                warn!("no tokens file (mirror.tokens_file): anyone who can reach this mirror can read and write");
+                Auth::open()
+            }
+            path => Auth::load(Path::new(path))?,
+        };
+        Ok(Mirror { listener, service: MirrorService::new(store, options), auth })
     }
 
     /// The address actually bound (useful with port 0).
@@ -69,15 +84,32 @@ impl Mirror {
     /// [`MirrorError::Serve`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), MirrorError> {
         let addr = self.local_addr().map_err(|source| MirrorError::Bind { addr: "?".into(), source })?;
-        info!(%addr, "mirror listening");
+        info!(%addr, tokens = self.auth.is_enforced(), "mirror listening");
+        let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), shutdown.clone()));
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::rpc::STREAM_WINDOW)
             .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW)
-            .add_service(self.service.into_server())
+            .add_service(self.service.into_server(self.auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
             .await?;
+        reloader.abort();
         info!("mirror stopped");
         Ok(())
+    }
+}
+
+/// Reloads the tokens file on every SIGHUP; a bad file keeps the tokens in force.
+async fn reload_on_sighup(auth: Auth, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = hangups.recv() => match auth.reload() {
+                Ok(n) => info!(tokens = n, "tokens file reloaded"),
+                Err(e) => error!(error = %e, "tokens file not reloaded; the previous tokens stay in force"),
+            },
+        }
     }
 }

@@ -60,6 +60,9 @@ pub enum ServerError {
     /// A delta or signature that cannot be used.
     #[error(transparent)]
     Delta(#[from] DeltaError),
+    /// The caller may not do this.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// A stored blob whose content no longer matches its name (bit rot, tampering).
     #[error("the mirror's copy of blob {0} is corrupt: its content no longer matches its blake3")]
     Corrupt(Hash),
@@ -77,6 +80,8 @@ impl From<ServerError> for Status {
             ServerError::Store(StoreError::BadKey { .. }) => Code::InvalidArgument,
             ServerError::Delta(DeltaError::BadSignature(_) | DeltaError::BadDelta(_)) => Code::InvalidArgument,
             ServerError::Corrupt(_) => Code::DataLoss,
+            ServerError::Auth(crate::auth::AuthError::Unauthenticated(_)) => Code::Unauthenticated,
+            ServerError::Auth(_) => Code::PermissionDenied,
             ServerError::Stream(s) => return s.clone(),
             _ => Code::Internal,
         };

@@ -81,18 +81,35 @@ pub enum ClientError {
     Frames(#[from] FrameError),
 }
 
-type Intercept = fn(Request<()>) -> Result<Request<()>, Status>;
+/// Adds the protocol version, and the token if there is one, to every call.
+#[derive(Clone)]
+pub struct Outgoing {
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
 
-#[allow(clippy::result_large_err)]
-fn add_protocol(mut req: Request<()>) -> Result<Request<()>, Status> {
-    req.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string().parse().expect("ascii"));
-    Ok(req)
+impl tonic::service::Interceptor for Outgoing {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string().parse().expect("ascii"));
+        if let Some(value) = &self.authorization {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// How to reach a mirror.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// How long to wait for the connection.
+    pub timeout: Duration,
+    /// The token to present, if the mirror wants one.
+    pub token: Option<String>,
 }
 
 /// A connection to a mirror.
 #[derive(Clone)]
 pub struct Client {
-    inner: CacheSyncClient<InterceptedService<Channel, Intercept>>,
+    inner: CacheSyncClient<InterceptedService<Channel, Outgoing>>,
     counters: Counters,
     url: String,
 }
@@ -104,7 +121,23 @@ impl Client {
     ///
     /// [`ClientError::BadUrl`], [`ClientError::Unreachable`], [`ClientError::Version`].
     pub async fn connect(url: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Self::connect_with(url, &ConnectOptions { timeout, token: None }).await
+    }
+
+    /// Connects with a token (and the other [`ConnectOptions`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`]; a token that is not valid header text is a [`ClientError::BadUrl`].
+    pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let timeout = opts.timeout;
         let bad = |why: String| ClientError::BadUrl { url: url.to_string(), why };
+        let authorization = match &opts.token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {}", t.trim()).parse().map_err(|_| bad("the token is not printable ASCII".into()))?,
+            ),
+        };
         if !url.starts_with("http://") {
             return Err(bad("expected http://HOST:PORT".into()));
         }
@@ -129,7 +162,7 @@ impl Client {
             .connect_with_connector(connector)
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
-        let inner = CacheSyncClient::with_interceptor(channel, add_protocol as Intercept)
+        let inner = CacheSyncClient::with_interceptor(channel, Outgoing { authorization })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let mut client = Client { inner, counters, url: url.to_string() };

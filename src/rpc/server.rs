@@ -18,15 +18,37 @@ use super::frames::{self, FrameError, FrameReceiver, Incoming};
 use super::pb::cache_sync_server::{CacheSync, CacheSyncServer};
 use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use super::{ServerError, hash_from, hashes_from, pb};
+use crate::auth::{Auth, Identity};
 use crate::delta;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::{self, NewSnapshot, Store};
 
 /// The service as tonic serves it: protocol check in front of the generated server.
-pub type GrpcService = tonic::service::interceptor::InterceptedService<CacheSyncServer<MirrorService>, ProtocolCheck>;
-/// The interceptor that checks the protocol header.
-pub type ProtocolCheck = fn(Request<()>) -> Result<Request<()>, Status>;
+pub type GrpcService = tonic::service::interceptor::InterceptedService<CacheSyncServer<MirrorService>, Gate>;
+
+/// In front of every call: the protocol version, then who is calling. The
+/// caller's [`Identity`] travels to the service in the request's extensions.
+#[derive(Clone)]
+pub struct Gate {
+    auth: Auth,
+}
+
+impl tonic::service::Interceptor for Gate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let mut req = check_protocol(req)?;
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let identity = self.auth.identify(header).map_err(|e| Status::from(ServerError::Auth(e)))?;
+        req.extensions_mut().insert(identity);
+        Ok(req)
+    }
+}
+
+/// The caller of a request that writes; only [`Gate`] establishes one.
+#[allow(clippy::result_large_err)]
+fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
+    req.extensions().get::<Identity>().cloned().ok_or_else(|| Status::unauthenticated("no identity established"))
+}
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -73,11 +95,11 @@ impl MirrorService {
         MirrorService { store, options, commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)) }
     }
 
-    /// The tonic service, with the protocol check and message bounds.
-    pub fn into_server(self) -> GrpcService {
+    /// The tonic service, behind the [`Gate`] (protocol check, tokens) and message bounds.
+    pub fn into_server(self, auth: Auth) -> GrpcService {
         let server =
             CacheSyncServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        tonic::service::interceptor::InterceptedService::new(server, check_protocol as fn(_) -> _)
+        tonic::service::interceptor::InterceptedService::new(server, Gate { auth })
     }
 
     fn handle_incoming(store: &Store, incoming: Incoming, rejected: &mut Vec<Vec<u8>>) -> Result<(), FrameError> {
@@ -172,6 +194,7 @@ impl CacheSync for MirrorService {
         &self,
         req: Request<Streaming<pb::BlobFrame>>,
     ) -> Result<Response<pb::PutBlobsResponse>, Status> {
+        caller(&req)?.check_upload().map_err(ServerError::Auth)?;
         let store = self.store.clone();
         let staging_store = store.clone();
         let receiver = FrameReceiver::new(
@@ -263,10 +286,13 @@ impl CacheSync for MirrorService {
     }
 
     async fn commit(&self, req: Request<Streaming<pb::CommitFrame>>) -> Result<Response<pb::CommitResponse>, Status> {
+        let writer = caller(&req)?;
+        writer.check_upload().map_err(ServerError::Auth)?;
         let _turn = self.commits.acquire().await.map_err(|_| Status::unavailable("mirror shutting down"))?;
         let (header, bytes) = read_commit(req.into_inner()).await?;
         let id = hash_from(&header.manifest_id, "manifest id")?;
         store::check_key(&header.key).map_err(ServerError::from)?;
+        writer.check_write(&header.key).map_err(ServerError::Auth)?;
         if Hash::of(&bytes) != id {
             return Err(ServerError::BadRequest("manifest bytes do not match the manifest id".into()).into());
         }

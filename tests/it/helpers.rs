@@ -35,8 +35,17 @@ impl Drop for TestMirror {
 
 /// Starts a mirror over `store` on an ephemeral port.
 pub async fn spawn_mirror(store: &Path) -> TestMirror {
-    let settings =
-        MirrorSettings { listen: "127.0.0.1:0".into(), store: store.to_string_lossy().into(), max_blob_bytes: 1 << 34 };
+    spawn_mirror_with_tokens(store, "").await
+}
+
+/// Starts a mirror over `store` that requires the tokens of `tokens_file`.
+pub async fn spawn_mirror_with_tokens(store: &Path, tokens_file: &str) -> TestMirror {
+    let settings = MirrorSettings {
+        listen: "127.0.0.1:0".into(),
+        store: store.to_string_lossy().into(),
+        max_blob_bytes: 1 << 34,
+        tokens_file: tokens_file.into(),
+    };
     let mirror = Mirror::bind(&settings, &TransferSettings::default()).await.unwrap();
     let url = format!("http://{}", mirror.local_addr().unwrap());
     let shutdown = CancellationToken::new();

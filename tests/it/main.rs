@@ -8,3 +8,4 @@ mod hostile;
 mod kill;
 mod round_trip;
 mod systemd;
+mod tokens;
