@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         key: "example/main".into(),
         restore_prefixes: vec![],
         delete: false,
+        trusted_writers: vec![],
     };
     let pulled = sync::pull(&mut client, &restore, &opts).await?;
     println!("pulled {} files, {} bytes on the wire", pulled.files, pulled.bytes_received);

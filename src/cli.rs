@@ -90,6 +90,10 @@ pub struct PullArgs {
     /// Remove local files the snapshot does not have.
     #[arg(long)]
     pub delete: bool,
+    /// Restore only snapshots written by this token (repeatable): a release
+    /// job never restores what a pull-request job wrote.
+    #[arg(long = "trusted-writer", value_name = "NAME")]
+    pub trusted_writers: Vec<String>,
     /// Exit 1 when no snapshot matches (by default a miss prints "no cache" and exits 0).
     #[arg(long)]
     pub fail_on_miss: bool,

@@ -18,6 +18,9 @@ use crate::store::{Store, StoreError};
 /// Why the mirror could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
+    /// Installing the SIGHUP handler.
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(#[source] std::io::Error),
     /// Reading the tokens file.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -84,8 +87,12 @@ impl Mirror {
     /// [`MirrorError::Serve`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), MirrorError> {
         let addr = self.local_addr().map_err(|source| MirrorError::Bind { addr: "?".into(), source })?;
+        // SIGHUP's default action ends the process: take it over before
+        // anyone can learn that we listen.
+        let hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
+        let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
         info!(%addr, tokens = self.auth.is_enforced(), "mirror listening");
-        let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), shutdown.clone()));
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::rpc::STREAM_WINDOW)
@@ -100,9 +107,7 @@ impl Mirror {
 }
 
 /// Reloads the tokens file on every SIGHUP; a bad file keeps the tokens in force.
-async fn reload_on_sighup(auth: Auth, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+async fn reload_on_sighup(auth: Auth, mut hangups: tokio::signal::unix::Signal, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -113,6 +113,8 @@ impl From<SnapshotRecord> for pb::Snapshot {
             bytes: s.bytes,
             created_unix_ms: s.created_unix_ms,
             profile: s.profile,
+            writer: s.writer,
+            base: s.base,
         }
     }
 }
@@ -130,6 +132,8 @@ impl TryFrom<pb::Snapshot> for SnapshotRecord {
             bytes: s.bytes,
             created_unix_ms: s.created_unix_ms,
             profile: s.profile,
+            writer: s.writer,
+            base: s.base,
         })
     }
 }

@@ -103,6 +103,12 @@ pub struct SnapshotRecord {
     pub created_unix_ms: i64,
     /// The profile of the root it came from.
     pub profile: String,
+    /// The token that wrote it (`anonymous` on an open mirror).
+    #[serde(default)]
+    pub writer: String,
+    /// The snapshot (`key#generation`) the writing job had restored from.
+    #[serde(default)]
+    pub base: String,
 }
 
 impl SnapshotRecord {

@@ -214,7 +214,26 @@ impl Client {
     ///
     /// Transport errors and refusals.
     pub async fn resolve(&mut self, key: &str, prefixes: &[String]) -> Result<Option<SnapshotRecord>, ClientError> {
-        let req = pb::ResolveRequest { key: key.to_string(), restore_prefixes: prefixes.to_vec() };
+        self.resolve_trusted(key, prefixes, &[]).await
+    }
+
+    /// As [`Client::resolve`], counting only snapshots written by the `trusted`
+    /// tokens (any writer when empty).
+    ///
+    /// # Errors
+    ///
+    /// Transport errors and refusals.
+    pub async fn resolve_trusted(
+        &mut self,
+        key: &str,
+        prefixes: &[String],
+        trusted: &[String],
+    ) -> Result<Option<SnapshotRecord>, ClientError> {
+        let req = pb::ResolveRequest {
+            key: key.to_string(),
+            restore_prefixes: prefixes.to_vec(),
+            trusted_writers: trusted.to_vec(),
+        };
         let resp = self.inner.resolve(req).await.map_err(|s| self.refused(s))?.into_inner();
         resp.snapshot.map(|s| SnapshotRecord::try_from(s).map_err(|e| self.invalid("snapshot", e))).transpose()
     }
@@ -371,6 +390,7 @@ impl Client {
         key: &str,
         manifest: &Manifest,
         profile: &str,
+        base: &str,
     ) -> Result<(SnapshotRecord, bool), ClientError> {
         use pb::commit_frame::Frame;
         let bytes = manifest.encode();
@@ -379,6 +399,7 @@ impl Client {
             manifest_id: Hash::of(&bytes).as_bytes().to_vec(),
             manifest_size: bytes.len() as u64,
             profile: profile.to_string(),
+            base: base.to_string(),
         };
         let mut frames_ = vec![pb::CommitFrame { frame: Some(Frame::Header(header)) }];
         frames_

@@ -160,7 +160,14 @@ impl CacheSync for MirrorService {
         if req.restore_prefixes.len() > 64 {
             return Err(ServerError::BadRequest("more than 64 restore prefixes".into()).into());
         }
-        let found = self.store.resolve(&req.key, &req.restore_prefixes).await.map_err(ServerError::from)?;
+        if req.trusted_writers.len() > 64 || req.trusted_writers.iter().any(|w| w.len() > 128) {
+            return Err(ServerError::BadRequest("more than 64 trusted writers, or a name over 128 bytes".into()).into());
+        }
+        let found = self
+            .store
+            .resolve(&req.key, &req.restore_prefixes, &req.trusted_writers)
+            .await
+            .map_err(ServerError::from)?;
         Ok(Response::new(pb::ResolveResponse { snapshot: found.map(Into::into) }))
     }
 
@@ -293,6 +300,9 @@ impl CacheSync for MirrorService {
         let id = hash_from(&header.manifest_id, "manifest id")?;
         store::check_key(&header.key).map_err(ServerError::from)?;
         writer.check_write(&header.key).map_err(ServerError::Auth)?;
+        if header.base.len() > 300 || header.profile.len() > 64 {
+            return Err(ServerError::BadRequest("base or profile too long".into()).into());
+        }
         if Hash::of(&bytes) != id {
             return Err(ServerError::BadRequest("manifest bytes do not match the manifest id".into()).into());
         }
@@ -321,6 +331,8 @@ impl CacheSync for MirrorService {
                 files: manifest.file_count(),
                 bytes: manifest.total_bytes(),
                 profile: header.profile,
+                writer: writer.name.clone(),
+                base: header.base,
             })
             .await
             .map_err(ServerError::from)?;

@@ -29,6 +29,10 @@ pub struct NewSnapshot {
     pub bytes: u64,
     /// The profile of the root.
     pub profile: String,
+    /// The token writing it.
+    pub writer: String,
+    /// The snapshot the tree was restored from (`key#generation`), or empty.
+    pub base: String,
 }
 
 fn snap_dir(key: &str) -> ObjPath {
@@ -66,6 +70,8 @@ impl Store {
                 bytes: new.bytes,
                 created_unix_ms: now_ms(),
                 profile: new.profile.clone(),
+                writer: new.writer.clone(),
+                base: new.base.clone(),
             };
             let location = ObjPath::from(format!("keys/{}/@snap/{generation:020}", new.key));
             let body = serde_json::to_vec(&record).expect("records serialize");
@@ -159,16 +165,29 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::BadKey`]; backend errors.
-    pub async fn resolve(&self, key: &str, prefixes: &[String]) -> Result<Option<SnapshotRecord>> {
-        if let Some(s) = self.latest(key).await? {
+    pub async fn resolve(&self, key: &str, prefixes: &[String], trusted: &[String]) -> Result<Option<SnapshotRecord>> {
+        if let Some(s) = self.newest_trusted(key, trusted).await? {
             return Ok(Some(s));
         }
         for prefix in prefixes {
-            let candidates = self.list_latest(prefix).await?;
+            let mut candidates = Vec::new();
+            for newest in self.list_latest(prefix).await? {
+                if let Some(s) = self.newest_trusted(&newest.key, trusted).await? {
+                    candidates.push(s);
+                }
+            }
             if let Some(best) = candidates.into_iter().max_by_key(|s| (s.created_unix_ms, s.generation)) {
                 return Ok(Some(best));
             }
         }
         Ok(None)
+    }
+
+    /// A key's newest snapshot written by one of `trusted` (any writer when empty).
+    async fn newest_trusted(&self, key: &str, trusted: &[String]) -> Result<Option<SnapshotRecord>> {
+        if trusted.is_empty() {
+            return self.latest(key).await;
+        }
+        Ok(self.snapshots(key).await?.into_iter().rev().find(|s| trusted.contains(&s.writer)))
     }
 }

@@ -32,6 +32,8 @@ pub struct PullRequest {
     pub restore_prefixes: Vec<String>,
     /// Remove local entries the snapshot lacks.
     pub delete: bool,
+    /// Restore only snapshots written by these tokens (any writer when empty).
+    pub trusted_writers: Vec<String>,
 }
 
 impl PullRequest {
@@ -65,8 +67,8 @@ type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
 pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
     req.validate()?;
-    let snapshot =
-        client.resolve(&req.key, &req.restore_prefixes).await?.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
+    let snapshot = client.resolve_trusted(&req.key, &req.restore_prefixes, &req.trusted_writers).await?;
+    let snapshot = snapshot.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
     let manifest = Arc::new(client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?);
     let profile: Profile = snapshot.profile.parse().unwrap_or_default();
     // Everything that can refuse the pull happens before the first write.

@@ -62,6 +62,7 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
         ..Report::default()
     };
     let base = load_base(&opts.state_dir, &req.root);
+    let base_label = base.as_ref().map(|b| format!("{}#{}", b.key, b.generation));
     if let Some(b) = base.as_ref().filter(|b| b.key == req.key && b.manifest == report.manifest) {
         debug!(key = %b.key, generation = b.generation, "nothing changed since this root's last pull or push");
         report.generation = b.generation;
@@ -93,7 +94,8 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     let uploads = plan_push(&local, previous.as_ref(), &missing, popts);
     (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
     debug!(ms = started.elapsed().as_millis() as u64, "push: blobs sent");
-    let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string()).await?;
+    let restored_from = base_label.unwrap_or_default();
+    let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string(), &restored_from).await?;
     report.generation = snapshot.generation;
     report.unchanged = unchanged;
     let pushed =

@@ -29,6 +29,7 @@ async fn restore_keys_fall_back_in_order_newest_snapshot_first() {
             key: key.into(),
             restore_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             delete: false,
+            trusted_writers: vec![],
         };
         let state = t.path().join("state");
         let url = mirror.url.clone();
@@ -64,6 +65,7 @@ async fn jobs_restore_add_and_save_and_the_next_job_gets_the_union() {
             key: key.into(),
             restore_prefixes: vec!["gomod/".into()],
             delete: false,
+            trusted_writers: vec![],
         };
         let pulled = sync::pull(&mut connect(&mirror.url).await, &req, &options(&state)).await;
         assert_eq!(pulled.is_ok(), job > 0, "job {job}: the first job misses, the others hit");
@@ -79,7 +81,13 @@ async fn jobs_restore_add_and_save_and_the_next_job_gets_the_union() {
         assert!(report.bytes_sent < 80_000, "job {job} sent {}", report.bytes_sent);
     }
     let last = t.path().join("last");
-    let req = PullRequest { root: last.clone(), key: key.into(), restore_prefixes: vec![], delete: false };
+    let req = PullRequest {
+        root: last.clone(),
+        key: key.into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     let report = sync::pull(&mut connect(&mirror.url).await, &req, &options(&t.path().join("s-last"))).await.unwrap();
     assert_eq!(report.files, 3);
     for name in &expected {
@@ -103,6 +111,7 @@ async fn a_save_sends_only_what_changed_since_the_restore() {
         key: "gomod/linux/pr-7".into(),
         restore_prefixes: vec!["gomod/linux/main".into()],
         delete: false,
+        trusted_writers: vec![],
     };
     let pulled = sync::pull(&mut connect(&mirror.url).await, &req, &options(&state)).await.unwrap();
     assert!(!pulled.cache_hit);
@@ -116,8 +125,13 @@ async fn a_save_sends_only_what_changed_since_the_restore() {
 
     // The next job hits its exact key, changes nothing, and its save does nothing.
     let (cache2, state2) = (t.path().join("job2/cache"), t.path().join("job2/state"));
-    let req =
-        PullRequest { root: cache2.clone(), key: "gomod/linux/pr-7".into(), restore_prefixes: vec![], delete: false };
+    let req = PullRequest {
+        root: cache2.clone(),
+        key: "gomod/linux/pr-7".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     assert!(sync::pull(&mut connect(&mirror.url).await, &req, &options(&state2)).await.unwrap().cache_hit);
     let push = PushRequest { root: cache2, key: "gomod/linux/pr-7".into(), profile: Profile::Generic };
     let noop = sync::push(&mut connect(&mirror.url).await, &push, &options(&state2)).await.unwrap();

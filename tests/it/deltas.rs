@@ -30,8 +30,13 @@ async fn second_push_of_a_one_percent_change_sends_under_five_percent() {
     assert!(first.bytes_sent > SIZE as u64, "first push sends it all: {}", first.bytes_sent);
 
     // Another node holds the old version.
-    let pull_old =
-        PullRequest { root: old_copy.clone(), key: "delta/k".into(), restore_prefixes: vec![], delete: false };
+    let pull_old = PullRequest {
+        root: old_copy.clone(),
+        key: "delta/k".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     sync::pull(&mut connect(&mirror.url).await, &pull_old, &options(&t.path().join("state-b"))).await.unwrap();
 
     change_one_percent(&mut data);

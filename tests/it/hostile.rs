@@ -74,6 +74,7 @@ async fn commit_raw(client: &mut Raw, key: &str, bytes: &[u8]) -> Result<pb::Com
         manifest_id: Hash::of(bytes).as_bytes().to_vec(),
         manifest_size: bytes.len() as u64,
         profile: "generic".into(),
+        base: String::new(),
     };
     let frames = vec![
         pb::CommitFrame { frame: Some(Frame::Header(header)) },
@@ -130,7 +131,13 @@ async fn pull_refuses_unsafe_manifests_and_leaves_the_tree_alone() {
     let before = describe(&dst);
     for i in 0..UNSAFE.len() {
         let mut client = connect(&mirror.url).await;
-        let req = PullRequest { root: dst.clone(), key: format!("evil{i}"), restore_prefixes: vec![], delete: true };
+        let req = PullRequest {
+            root: dst.clone(),
+            key: format!("evil{i}"),
+            restore_prefixes: vec![],
+            delete: true,
+            trusted_writers: vec![],
+        };
         let err = sync::pull(&mut client, &req, &options(&t.path().join("state"))).await.unwrap_err().to_string();
         assert!(err.contains("invalid manifest"), "{err}");
         assert_eq!(describe(&dst), before, "the tree is unchanged after {err}");
@@ -154,7 +161,13 @@ async fn a_local_symlink_is_never_written_through() {
     sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts)
         .await
         .unwrap();
-    let mut req = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let mut req = PullRequest {
+        root: dst.clone(),
+        key: "k".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
     assert!(err.contains("--delete"), "{err}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
@@ -188,7 +201,13 @@ async fn corrupt_blobs_and_deltas_from_the_mirror_are_never_made_visible() {
     let mirror = spawn_mirror(&store).await;
     let opts = options(&t.path().join("state"));
     let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
-    let pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let pull = PullRequest {
+        root: dst.clone(),
+        key: "k".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     sync::push(&mut connect(&mirror.url).await, &push, &opts).await.unwrap();
     sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap();
     write(&src, "big.bin", &v2);
@@ -275,7 +294,10 @@ async fn version_mismatch_unknown_blobs_and_oversized_requests_get_clear_statuse
     let too_many = pb::MissingBlobsRequest { hashes: vec![vec![0u8; 32]; 10_000] };
     let err = client.missing_blobs(too_many).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.message().contains("8192"), "{err:?}");
-    let err = client.resolve(pb::ResolveRequest { key: "../x".into(), restore_prefixes: vec![] }).await.unwrap_err();
+    let err = client
+        .resolve(pb::ResolveRequest { key: "../x".into(), restore_prefixes: vec![], trusted_writers: vec![] })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client.get_signature(pb::GetSignatureRequest { hash: vec![1; 32] }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -302,7 +324,13 @@ async fn a_refused_pull_leaves_the_tree_exactly_as_it_was() {
     let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
     sync::push(&mut client, &push, &opts).await.unwrap();
     let before = describe(&dst);
-    let mut req = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let mut req = PullRequest {
+        root: dst.clone(),
+        key: "k".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
     assert!(err.contains("\"a\"") && err.contains("--delete"), "{err}");
     assert_eq!(describe(&dst), before, "nothing was written, no mode loosened");
@@ -383,7 +411,13 @@ async fn a_mirror_that_leaves_blobs_out_fails_the_pull() {
     );
     let mut opts = options(&t.path().join("s2"));
     opts.streams = 1;
-    let pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let pull = PullRequest {
+        root: dst.clone(),
+        key: "k".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     let err = sync::pull(&mut connect(&url).await, &pull, &opts).await.unwrap_err().to_string();
     assert!(err.contains("1 of the 5 requested blobs missing"), "{err}");
     assert_eq!(describe(&dst).iter().filter(|l| l.contains("file")).count(), 4, "the four that came are complete");

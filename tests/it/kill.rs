@@ -187,7 +187,13 @@ async fn push_lib(url: &str, key: &str, src: &Path, state: &Path) {
 }
 
 async fn pull_lib(url: &str, key: &str, dst: &Path, state: &Path) {
-    let req = PullRequest { root: dst.to_path_buf(), key: key.into(), restore_prefixes: vec![], delete: false };
+    let req = PullRequest {
+        root: dst.to_path_buf(),
+        key: key.into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     sync::pull(&mut connect(url).await, &req, &opts(state)).await.unwrap();
 }
 

@@ -43,7 +43,13 @@ async fn pull_reproduces_the_pushed_tree_exactly() {
     assert_eq!((pushed.generation, pushed.files), (1, 8));
     assert!(pushed.bytes_sent > 3 << 20, "the content crossed the wire");
 
-    let pull = PullRequest { root: dst.clone(), key: "test/tree".into(), restore_prefixes: vec![], delete: false };
+    let pull = PullRequest {
+        root: dst.clone(),
+        key: "test/tree".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     let pulled = sync::pull(&mut client, &pull, &opts).await.unwrap();
     assert_same_tree(&src, &dst);
     assert_eq!(pulled.bytes, pushed.bytes);
@@ -98,7 +104,13 @@ async fn pull_replaces_changed_files_and_deletes_only_when_asked() {
     sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts)
         .await
         .unwrap();
-    let mut pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: false };
+    let mut pull = PullRequest {
+        root: dst.clone(),
+        key: "k".into(),
+        restore_prefixes: vec![],
+        delete: false,
+        trusted_writers: vec![],
+    };
     sync::pull(&mut client, &pull, &opts).await.unwrap();
     assert_eq!(std::fs::read(dst.join("keep")).unwrap(), b"v2");
     assert!(dst.join("stray").exists() && dst.join("d/stray-too").exists(), "kept without --delete");
@@ -119,7 +131,13 @@ async fn a_renamed_file_is_copied_locally_even_when_its_old_name_is_deleted() {
     let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
     sync::push(&mut client, &push, &options(&state)).await.unwrap();
     let mut client = connect(&mirror.url).await;
-    let pull = PullRequest { root: dst.clone(), key: "k".into(), restore_prefixes: vec![], delete: true };
+    let pull = PullRequest {
+        root: dst.clone(),
+        key: "k".into(),
+        restore_prefixes: vec![],
+        delete: true,
+        trusted_writers: vec![],
+    };
     let report = sync::pull(&mut client, &pull, &options(&t.path().join("state-dst"))).await.unwrap();
     assert_same_tree(&src, &dst);
     assert!(report.bytes_received < 64 << 10, "the content came from the local copy: {}", report.bytes_received);

@@ -113,3 +113,46 @@ async fn sighup_reloads_the_tokens_file_and_secrets_are_never_logged() {
         assert!(!logged.contains(s), "a secret reached the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_record_their_writer_and_trusted_writers_filter_restores() {
+    let t = tempfile::tempdir().unwrap();
+    let tokens = t.path().join("tokens.toml");
+    let both = "[[token]]\nname = \"release\"\nsecret = \"release-job-secret-0004\"\nrole = \"read-write\"\nkeys = [\"gomod/\"]\n\n\
+                [[token]]\nname = \"pr\"\nsecret = \"pull-request-secret-0005\"\nrole = \"read-write\"\nkeys = [\"gomod/\"]\n";
+    std::fs::write(&tokens, both).unwrap();
+    let mirror = spawn_mirror_with_tokens(&t.path().join("store"), tokens.to_str().unwrap()).await;
+    let key = "gomod/linux/main";
+    let (release_tree, pr_tree) = (t.path().join("release"), t.path().join("pr"));
+    write(&release_tree, "which", b"release");
+    let mut release = as_token(&mirror.url, Some("release-job-secret-0004")).await.unwrap();
+    let push = PushRequest { root: release_tree.clone(), key: key.into(), profile: Profile::Generic };
+    sync::push(&mut release, &push, &options(&t.path().join("s1"))).await.unwrap();
+
+    // A pull-request job restores it, changes it, and writes under the same key.
+    let mut pr = as_token(&mirror.url, Some("pull-request-secret-0005")).await.unwrap();
+    let pull = |root: &std::path::Path, trusted: &[&str]| sync::PullRequest {
+        root: root.to_path_buf(),
+        key: key.into(),
+        restore_prefixes: vec!["gomod/".into()],
+        delete: false,
+        trusted_writers: trusted.iter().map(|s| s.to_string()).collect(),
+    };
+    let state = t.path().join("s2");
+    sync::pull(&mut pr, &pull(&pr_tree, &[]), &options(&state)).await.unwrap();
+    write(&pr_tree, "which", b"pull request");
+    let push = PushRequest { root: pr_tree.clone(), key: key.into(), profile: Profile::Generic };
+    sync::push(&mut pr, &push, &options(&state)).await.unwrap();
+
+    let newest = &release.list_keys("gomod/").await.unwrap()[0];
+    assert_eq!((newest.generation, newest.writer.as_str(), newest.base.as_str()), (2, "pr", "gomod/linux/main#1"));
+    // A release job trusts only its own token: it gets generation 1, not the PR's 2.
+    let restored = t.path().join("restored");
+    let report =
+        sync::pull(&mut release, &pull(&restored, &["release"]), &options(&t.path().join("s3"))).await.unwrap();
+    assert_eq!(report.generation, 1);
+    assert_eq!(std::fs::read(restored.join("which")).unwrap(), b"release");
+    let nobody =
+        sync::pull(&mut release, &pull(&t.path().join("x"), &["ci-bot"]), &options(&t.path().join("s4"))).await;
+    assert!(matches!(nobody, Err(sync::SyncError::Miss(_))));
+}
