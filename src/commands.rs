@@ -47,7 +47,13 @@ async fn connect(settings: &Settings) -> anyhow::Result<Client> {
         ("", file) => Some(std::fs::read_to_string(file).with_context(|| format!("reading the token file {file}"))?),
         (token, _) => Some(token.to_string()),
     };
-    let opts = ConnectOptions { timeout: settings.connect_timeout(), token };
+    let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+    let opts = ConnectOptions {
+        timeout: settings.connect_timeout(),
+        token,
+        ca_file: path(&c.ca_file),
+        identity: path(&c.cert_file).zip(path(&c.key_file)),
+    };
     Ok(Client::connect_with(&c.mirror, &opts).await?)
 }
 

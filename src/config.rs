@@ -57,6 +57,12 @@ pub struct MirrorSettings {
     pub max_blob_bytes: u64,
     /// The tokens file (empty: no tokens, anyone may read and write).
     pub tokens_file: String,
+    /// TLS certificate chain (PEM); with `tls_key`, the mirror serves TLS only.
+    pub tls_cert: String,
+    /// TLS private key (PEM).
+    pub tls_key: String,
+    /// CA (PEM) that client certificates must chain to: mutual TLS, required.
+    pub tls_client_ca: String,
 }
 
 /// Commands that talk to a mirror.
@@ -71,6 +77,12 @@ pub struct ClientSettings {
     pub token: String,
     /// A file holding the token.
     pub token_file: String,
+    /// CA (PEM) for `https://` mirrors; empty: the system's roots.
+    pub ca_file: String,
+    /// Client certificate (PEM), for mirrors that require mutual TLS.
+    pub cert_file: String,
+    /// Client private key (PEM).
+    pub key_file: String,
 }
 
 /// How bytes move.
@@ -112,6 +124,9 @@ impl Default for MirrorSettings {
             store: store.to_string_lossy().into_owned(),
             max_blob_bytes: 64 << 30,
             tokens_file: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -123,6 +138,9 @@ impl Default for ClientSettings {
             connect_timeout_ms: 10_000,
             token: String::new(),
             token_file: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
         }
     }
 }
@@ -148,8 +166,17 @@ impl Settings {
         if self.mirror.listen.parse::<SocketAddr>().is_err() {
             return bad(format!("mirror.listen = {:?}: expected an address like 127.0.0.1:7415", self.mirror.listen));
         }
-        if !self.client.mirror.starts_with("http://") {
+        if !self.client.mirror.starts_with("http://") && !self.client.mirror.starts_with("https://") {
             return bad(format!("client.mirror = {:?}: expected a URL like http://127.0.0.1:7415", self.client.mirror));
+        }
+        if self.mirror.tls_cert.is_empty() != self.mirror.tls_key.is_empty() {
+            return bad("mirror.tls_cert and mirror.tls_key go together".into());
+        }
+        if !self.mirror.tls_client_ca.is_empty() && self.mirror.tls_cert.is_empty() {
+            return bad("mirror.tls_client_ca needs mirror.tls_cert and mirror.tls_key".into());
+        }
+        if self.client.cert_file.is_empty() != self.client.key_file.is_empty() {
+            return bad("client.cert_file and client.key_file go together".into());
         }
         if !(0..=19).contains(&self.transfer.compression_level) {
             return bad(format!("transfer.compression_level = {}: expected 0 to 19", self.transfer.compression_level));

@@ -6,6 +6,7 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use tracing::{error, info, warn};
 
@@ -18,6 +19,15 @@ use crate::store::{Store, StoreError};
 /// Why the mirror could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
+    /// Reading a TLS file.
+    #[error("{path}: {source}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// What.
+        #[source]
+        source: std::io::Error,
+    },
     /// Installing the SIGHUP handler.
     #[error("cannot handle SIGHUP: {0}")]
     Signal(#[source] std::io::Error),
@@ -46,6 +56,22 @@ pub struct Mirror {
     listener: TcpListener,
     service: MirrorService,
     auth: Auth,
+    tls: Option<ServerTlsConfig>,
+}
+
+/// TLS from the settings' PEM files: a certificate and key, and for mutual
+/// TLS the CA that every client certificate must chain to.
+fn tls_config(settings: &MirrorSettings) -> Result<Option<ServerTlsConfig>, MirrorError> {
+    if settings.tls_cert.is_empty() {
+        return Ok(None);
+    }
+    let read = |path: &str| std::fs::read(path).map_err(|source| MirrorError::Tls { path: path.into(), source });
+    let identity = Identity::from_pem(read(&settings.tls_cert)?, read(&settings.tls_key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if !settings.tls_client_ca.is_empty() {
+        tls = tls.client_ca_root(Certificate::from_pem(read(&settings.tls_client_ca)?));
+    }
+    Ok(Some(tls))
 }
 
 impl Mirror {
@@ -68,7 +94,8 @@ impl Mirror {
             }
             path => Auth::load(Path::new(path))?,
         };
-        Ok(Mirror { listener, service: MirrorService::new(store, options), auth })
+        let tls = tls_config(settings)?;
+        Ok(Mirror { listener, service: MirrorService::new(store, options), auth, tls })
     }
 
     /// The address actually bound (useful with port 0).
@@ -92,8 +119,12 @@ impl Mirror {
         let hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
         let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
-        info!(%addr, tokens = self.auth.is_enforced(), "mirror listening");
-        tonic::transport::Server::builder()
+        info!(%addr, tokens = self.auth.is_enforced(), tls = self.tls.is_some(), "mirror listening");
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::rpc::STREAM_WINDOW)
             .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW)

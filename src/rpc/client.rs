@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Code, Request, Status};
 
 use super::counting::Counted;
@@ -104,6 +104,54 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// The token to present, if the mirror wants one.
     pub token: Option<String>,
+    /// For `https://`: the CA (PEM file) to trust instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For mutual TLS: client certificate and key (PEM files).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl ConnectOptions {
+    /// Plain options: a timeout, nothing else.
+    pub fn new(timeout: Duration) -> ConnectOptions {
+        ConnectOptions { timeout, token: None, ca_file: None, identity: None }
+    }
+}
+
+/// The TLS settings for an `https://` URL; `None` for `http://`.
+fn tls_config(url: &str, opts: &ConnectOptions) -> Result<Option<ClientTlsConfig>, ClientError> {
+    let bad = |why: String| ClientError::BadUrl { url: url.to_string(), why };
+    if url.starts_with("http://") {
+        return Ok(None);
+    }
+    if !url.starts_with("https://") {
+        return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into()));
+    }
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())));
+    let mut tls = ClientTlsConfig::new();
+    tls = match &opts.ca_file {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls.with_native_roots(),
+    };
+    if let Some((cert, key)) = &opts.identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+/// A connector that counts what crosses each TCP stream (TLS goes on top).
+fn counting_connector(
+    counters: Counters,
+) -> impl tower::Service<Uri, Response = TokioIo<Counted>, Error = io::Error, Future: Send> + Clone + Send + 'static {
+    tower::service_fn(move |uri: Uri| {
+        let counters = counters.clone();
+        async move {
+            let host = uri.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
+            let default_port = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+            let inner = TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(default_port))).await?;
+            inner.set_nodelay(true)?;
+            Ok::<_, io::Error>(TokioIo::new(Counted::new(inner, counters)))
+        }
+    })
 }
 
 /// A connection to a mirror.
@@ -121,7 +169,7 @@ impl Client {
     ///
     /// [`ClientError::BadUrl`], [`ClientError::Unreachable`], [`ClientError::Version`].
     pub async fn connect(url: &str, timeout: Duration) -> Result<Client, ClientError> {
-        Self::connect_with(url, &ConnectOptions { timeout, token: None }).await
+        Self::connect_with(url, &ConnectOptions::new(timeout)).await
     }
 
     /// Connects with a token (and the other [`ConnectOptions`]).
@@ -138,28 +186,18 @@ impl Client {
                 format!("Bearer {}", t.trim()).parse().map_err(|_| bad("the token is not printable ASCII".into()))?,
             ),
         };
-        if !url.starts_with("http://") {
-            return Err(bad("expected http://HOST:PORT".into()));
+        let tls = tls_config(url, opts)?;
+        let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(source_chain(&e)))?;
         }
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
         let counters = Counters::default();
-        let c = counters.clone();
-        let connector = tower::service_fn(move |uri: Uri| {
-            let counters = c.clone();
-            async move {
-                let host = uri.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
-                let port = uri.port_u16().unwrap_or(80);
-                let inner = TcpStream::connect((host.as_str(), port)).await?;
-                inner.set_nodelay(true)?;
-                Ok::<_, io::Error>(TokioIo::new(Counted::new(inner, counters)))
-            }
-        });
         let channel = endpoint
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
-            .connect_with_connector(connector)
+            .connect_with_connector(counting_connector(counters.clone()))
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
         let inner = CacheSyncClient::with_interceptor(channel, Outgoing { authorization })

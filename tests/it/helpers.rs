@@ -45,13 +45,20 @@ pub async fn spawn_mirror_with_tokens(store: &Path, tokens_file: &str) -> TestMi
         store: store.to_string_lossy().into(),
         max_blob_bytes: 1 << 34,
         tokens_file: tokens_file.into(),
+        ..MirrorSettings::default()
     };
+    spawn_mirror_with(settings).await
+}
+
+/// Starts a mirror with these settings (`listen` should be 127.0.0.1:0).
+pub async fn spawn_mirror_with(settings: MirrorSettings) -> TestMirror {
+    let store = std::path::PathBuf::from(&settings.store);
     let mirror = Mirror::bind(&settings, &TransferSettings::default()).await.unwrap();
     let url = format!("http://{}", mirror.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { mirror.run(token).await.unwrap() });
-    TestMirror { url, store: store.to_path_buf(), shutdown, task: Some(task) }
+    TestMirror { url, store, shutdown, task: Some(task) }
 }
 
 pub async fn connect(url: &str) -> Client {

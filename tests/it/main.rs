@@ -8,4 +8,5 @@ mod hostile;
 mod kill;
 mod round_trip;
 mod systemd;
+mod tls;
 mod tokens;

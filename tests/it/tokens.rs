@@ -25,7 +25,7 @@ keys = ["gomod/linux-amd64/main"]
 "#;
 
 async fn as_token(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
-    let opts = ConnectOptions { timeout: Duration::from_secs(5), token: token.map(str::to_string) };
+    let opts = ConnectOptions { token: token.map(str::to_string), ..ConnectOptions::new(Duration::from_secs(5)) };
     Client::connect_with(url, &opts).await
 }
 
