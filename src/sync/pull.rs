@@ -37,6 +37,17 @@ pub struct PullRequest {
 }
 
 impl PullRequest {
+    /// A pull of `key` into `root`: no restore keys, no `--delete`, any writer.
+    pub fn new(root: impl Into<PathBuf>, key: impl Into<String>) -> PullRequest {
+        PullRequest {
+            root: root.into(),
+            key: key.into(),
+            restore_prefixes: Vec::new(),
+            delete: false,
+            trusted_writers: Vec::new(),
+        }
+    }
+
     /// Checks what can be checked before connecting: the key, the restore
     /// prefixes, and that the root is a directory if it exists.
     ///

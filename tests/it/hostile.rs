@@ -161,13 +161,7 @@ async fn a_local_symlink_is_never_written_through() {
     sync::push(&mut client, &PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic }, &opts)
         .await
         .unwrap();
-    let mut req = PullRequest {
-        root: dst.clone(),
-        key: "k".into(),
-        restore_prefixes: vec![],
-        delete: false,
-        trusted_writers: vec![],
-    };
+    let mut req = PullRequest::new(&dst, "k");
     let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
     assert!(err.contains("--delete"), "{err}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
@@ -201,13 +195,7 @@ async fn corrupt_blobs_and_deltas_from_the_mirror_are_never_made_visible() {
     let mirror = spawn_mirror(&store).await;
     let opts = options(&t.path().join("state"));
     let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
-    let pull = PullRequest {
-        root: dst.clone(),
-        key: "k".into(),
-        restore_prefixes: vec![],
-        delete: false,
-        trusted_writers: vec![],
-    };
+    let pull = PullRequest::new(&dst, "k");
     sync::push(&mut connect(&mirror.url).await, &push, &opts).await.unwrap();
     sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap();
     write(&src, "big.bin", &v2);
@@ -324,13 +312,7 @@ async fn a_refused_pull_leaves_the_tree_exactly_as_it_was() {
     let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
     sync::push(&mut client, &push, &opts).await.unwrap();
     let before = describe(&dst);
-    let mut req = PullRequest {
-        root: dst.clone(),
-        key: "k".into(),
-        restore_prefixes: vec![],
-        delete: false,
-        trusted_writers: vec![],
-    };
+    let mut req = PullRequest::new(&dst, "k");
     let err = sync::pull(&mut client, &req, &opts).await.unwrap_err().to_string();
     assert!(err.contains("\"a\"") && err.contains("--delete"), "{err}");
     assert_eq!(describe(&dst), before, "nothing was written, no mode loosened");
@@ -411,13 +393,7 @@ async fn a_mirror_that_leaves_blobs_out_fails_the_pull() {
     );
     let mut opts = options(&t.path().join("s2"));
     opts.streams = 1;
-    let pull = PullRequest {
-        root: dst.clone(),
-        key: "k".into(),
-        restore_prefixes: vec![],
-        delete: false,
-        trusted_writers: vec![],
-    };
+    let pull = PullRequest::new(&dst, "k");
     let err = sync::pull(&mut connect(&url).await, &pull, &opts).await.unwrap_err().to_string();
     assert!(err.contains("1 of the 5 requested blobs missing"), "{err}");
     assert_eq!(describe(&dst).iter().filter(|l| l.contains("file")).count(), 4, "the four that came are complete");
