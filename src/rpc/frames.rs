@@ -239,12 +239,15 @@ struct Current {
     hasher: Hasher,
     written: u64,
     limit: u64,
+    complete: bool,
 }
 
 impl Drop for Current {
     fn drop(&mut self) {
-        // Reached only for a blob that did not complete: its bytes are garbage.
-        let _ = std::fs::remove_file(&self.incoming.staged);
+        // A blob that did not complete (or failed verification) is garbage.
+        if !self.complete {
+            let _ = std::fs::remove_file(&self.incoming.staged);
+        }
     }
 }
 
@@ -302,6 +305,7 @@ impl FrameReceiver {
                 return Err(FrameError::HashMismatch { expected: cur.incoming.hash, actual });
             }
         }
+        cur.complete = true;
         let incoming = std::mem::replace(
             &mut cur.incoming,
             Incoming { hash: Hash::from_bytes([0; 32]), size: 0, delta_base: None, staged: PathBuf::new() },
@@ -330,6 +334,7 @@ impl FrameReceiver {
             hasher: Hasher::new(),
             written: 0,
             limit,
+            complete: false,
         });
         Ok(())
     }

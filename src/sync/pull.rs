@@ -139,10 +139,16 @@ async fn scan_destination(
             return Ok((empty, cache, Vec::new()));
         }
         let local = scan::scan(&root, profile, &mut cache)?;
+        // Only where the parent exists locally can something unknown stand
+        // (an unknown parent is itself checked): one lstat per such entry.
+        let parent_here = |path: &str| match path.rsplit_once('/') {
+            None => true,
+            Some((parent, _)) => local.manifest.get(parent).is_some_and(|p| p.content == Content::Dir),
+        };
         let unknown = snapshot
             .entries()
             .iter()
-            .filter(|e| local.manifest.get(&e.path).is_none())
+            .filter(|e| local.manifest.get(&e.path).is_none() && parent_here(&e.path))
             .filter(|e| std::fs::symlink_metadata(root.join(&e.path)).is_ok())
             .map(|e| e.path.clone())
             .collect();
