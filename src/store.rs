@@ -86,6 +86,10 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
 /// A snapshot: a manifest committed under a key with a generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
@@ -168,16 +172,12 @@ impl Store {
                 });
             }
         };
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
         let staging = dir.join("tmp");
-        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
         // Staged files of a process that died are garbage: nothing names them.
         // Another mirror may share this store, so only files idle for an hour go.
         let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        for entry in std::fs::read_dir(&staging).map_err(io(&staging))?.flatten() {
+        for entry in std::fs::read_dir(&staging).map_err(io_at(&staging))?.flatten() {
             if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -190,7 +190,7 @@ impl Store {
         Ok(Store {
             blobs: open(false)?,
             durable: open(true)?,
-            local_root: Some(std::fs::canonicalize(&dir).map_err(io(&dir))?),
+            local_root: Some(std::fs::canonicalize(&dir).map_err(io_at(&dir))?),
             staging,
             counter: Arc::new(AtomicU64::new(0)),
         })
@@ -274,12 +274,8 @@ impl Store {
         if let Some(root) = &self.local_root {
             let dest = root.join(location.as_ref());
             let parent = dest.parent().expect("blob paths have a parent");
-            let io = |path: &Path| {
-                let path = path.to_path_buf();
-                move |source| StoreError::Io { path, source }
-            };
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-            return std::fs::rename(staged, &dest).map_err(io(&dest));
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+            return std::fs::rename(staged, &dest).map_err(io_at(&dest));
         }
         let data =
             tokio::fs::read(staged).await.map_err(|source| StoreError::Io { path: staged.to_path_buf(), source })?;

@@ -130,9 +130,11 @@ impl Report {
     }
 }
 
+/// Names a root's state files. The absolute path is taken lexically, so the
+/// name is the same before a pull creates the root and after.
 fn root_id(root: &Path) -> String {
-    let canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    Hash::of(canonical.as_os_str().as_encoded_bytes()).to_hex()[..24].to_string()
+    let absolute = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    Hash::of(absolute.as_os_str().as_encoded_bytes()).to_hex()[..24].to_string()
 }
 
 /// Where the hash cache of a root lives.

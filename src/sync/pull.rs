@@ -83,7 +83,8 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     let manifest = Arc::new(client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?);
     let profile: Profile = snapshot.profile.parse().unwrap_or_default();
     // Everything that can refuse the pull happens before the first write.
-    let (local, cache, unknown) = scan_destination(req, opts, profile, manifest.clone()).await?;
+    let cache_file = cache_path(&opts.state_dir, &req.root);
+    let (local, cache, unknown) = scan_destination(req, cache_file.clone(), profile, manifest.clone()).await?;
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile };
     let plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
     let tree = open_tree(req, opts).await?;
@@ -113,7 +114,7 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     report.blobs_delta = deltas;
     report.blobs_whole = whole.len() as u64;
     job.fetch_whole(client, whole, opts.streams).await?;
-    job.finish(plan.symlinks, cache, cache_path(&opts.state_dir, &req.root)).await?;
+    job.finish(plan.symlinks, cache, cache_file).await?;
     let base = Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
     save_base(&opts.state_dir, &req.root, &base);
     report.finish(client, started);
@@ -126,11 +127,10 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
 /// (special files, symlinks leaving the root): they are in the way too.
 async fn scan_destination(
     req: &PullRequest,
-    opts: &SyncOptions,
+    cache_file: PathBuf,
     profile: Profile,
     snapshot: Arc<Manifest>,
 ) -> Result<(scan::Scan, HashCache, Vec<String>), SyncError> {
-    let cache_file = cache_path(&opts.state_dir, &req.root);
     let root = req.root.clone();
     tokio::task::spawn_blocking(move || {
         let mut cache = HashCache::load(&cache_file);

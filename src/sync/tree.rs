@@ -144,8 +144,7 @@ impl Tree {
         if self.fsync {
             fs::File::open(staged).and_then(|f| f.sync_all()).map_err(at(staged))?;
         }
-        fs::set_permissions(staged, fs::Permissions::from_mode(entry.mode)).map_err(at(staged))?;
-        filetime::set_file_mtime(staged, mtime(entry.mtime_ns)).map_err(at(staged))?;
+        set_mode_and_mtime(staged, entry)?;
         let dest = self.path(&entry.path);
         self.clear_for(&dest, true)?;
         fs::rename(staged, &dest).map_err(at(&dest))
@@ -193,9 +192,7 @@ impl Tree {
     ///
     /// I/O errors, with the path.
     pub fn fix_metadata(&self, entry: &Entry) -> Result<()> {
-        let path = self.path(&entry.path);
-        fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode)).map_err(at(&path))?;
-        filetime::set_file_mtime(&path, mtime(entry.mtime_ns)).map_err(at(&path))
+        set_mode_and_mtime(&self.path(&entry.path), entry)
     }
 
     /// A directory in the way of a file or symlink is removed (rename cannot replace it).
@@ -250,9 +247,7 @@ impl Tree {
         self.finished = true;
         remove_all(&self.staging)?;
         for e in manifest.entries().iter().rev().filter(|e| e.content == Content::Dir) {
-            let path = self.path(&e.path);
-            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode)).map_err(at(&path))?;
-            filetime::set_file_mtime(&path, mtime(e.mtime_ns)).map_err(at(&path))?;
+            set_mode_and_mtime(&self.path(&e.path), e)?;
         }
         // One syncfs makes every file of this pull durable before the hash
         // cache (saved next) vouches for them.
@@ -263,22 +258,27 @@ impl Tree {
 impl Tree {
     /// Makes an existing directory owner-writable, remembering its mode.
     fn unlock_dir(&self, path: &Path) -> Result<()> {
-        let mode = fs::symlink_metadata(path).map_err(at(path))?.permissions().mode();
-        if mode & 0o700 != 0o700 {
-            self.unlocked.lock().unwrap_or_else(|e| e.into_inner()).push((path.to_path_buf(), mode & 0o7777));
-            fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(at(path))?;
+        if let Some(mode) = make_writable_dir(path)? {
+            self.unlocked.lock().unwrap_or_else(|e| e.into_inner()).push((path.to_path_buf(), mode));
         }
         Ok(())
     }
 }
 
-fn make_writable_dir(path: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(path).map_err(at(path))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(at(path))?;
+/// Gives a file or directory the entry's mode and mtime.
+fn set_mode_and_mtime(path: &Path, entry: &Entry) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(entry.mode)).map_err(at(path))?;
+    filetime::set_file_mtime(path, mtime(entry.mtime_ns)).map_err(at(path))
+}
+
+/// Makes a directory owner-writable; returns its previous mode if it changed.
+fn make_writable_dir(path: &Path) -> Result<Option<u32>> {
+    let mode = fs::symlink_metadata(path).map_err(at(path))?.permissions().mode();
+    if mode & 0o700 == 0o700 {
+        return Ok(None);
     }
-    Ok(())
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(at(path))?;
+    Ok(Some(mode & 0o7777))
 }
 
 /// Removes a directory tree, making read-only directories writable first
