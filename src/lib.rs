@@ -19,6 +19,7 @@ pub mod profile;
 mod progress;
 pub mod rpc;
 pub mod scan;
+pub mod schedule;
 mod shutdown;
 pub mod store;
 pub mod sync;

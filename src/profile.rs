@@ -5,6 +5,8 @@
 //! deduplicated by blake3 and sent whole, never delta-encoded (see DESIGN.md,
 //! "where deltas pay"). It does not walk the file system or move bytes.
 
+pub mod go;
+
 use std::fmt;
 use std::str::FromStr;
 
