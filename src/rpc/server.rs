@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::frames::{self, FrameError, FrameReceiver, Incoming};
+use super::frames::{self, FrameError, FrameReceiver, Incoming, NewFile};
 use super::pb::cache_sync_server::{CacheSync, CacheSyncServer};
 use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use super::{ServerError, hash_from, hashes_from, pb};
@@ -205,7 +205,7 @@ impl CacheSync for MirrorService {
         let store = self.store.clone();
         let staging_store = store.clone();
         let receiver = FrameReceiver::new(
-            Box::new(move || staging_store.staging_file().map_err(std::io::Error::other)),
+            Box::new(move |_| staging_store.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
             self.options.max_blob_bytes,
         );
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
