@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod mirror;
 pub mod profile;
 mod progress;
+pub mod replicate;
 pub mod rpc;
 pub mod scan;
 pub mod schedule;

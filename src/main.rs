@@ -22,6 +22,15 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Mirror(m) => {
             add("mirror.listen", &m.listen);
             add("mirror.store", &m.store);
+            add("replicate.from", &m.replicate_from);
+            add("replicate.cron", &m.replicate_cron);
+            add("replicate.interval", &m.replicate_interval);
+            add("replicate.keys", &m.replicate_keys);
+        }
+        Command::Replicate(r) => {
+            add("client.mirror", &Some(r.from.clone()));
+            add("mirror.store", &r.store);
+            add("replicate.keys", &r.keys);
         }
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),

@@ -13,7 +13,9 @@ use tracing::{error, info, warn};
 use crate::auth::{Auth, AuthError};
 
 use crate::config::{MirrorSettings, TransferSettings};
+use crate::replicate::Source;
 use crate::rpc::server::{MirrorService, ServiceOptions};
+use crate::schedule::Schedule;
 use crate::store::{Store, StoreError};
 
 /// Why the mirror could not start or stopped.
@@ -54,6 +56,8 @@ pub enum MirrorError {
 /// A mirror bound to its address.
 pub struct Mirror {
     listener: TcpListener,
+    store: Store,
+    replication: Option<(Source, Schedule)>,
     service: MirrorService,
     auth: Auth,
     tls: Option<ServerTlsConfig>,
@@ -82,6 +86,7 @@ impl Mirror {
     /// [`MirrorError::Store`], [`MirrorError::Bind`].
     pub async fn bind(settings: &MirrorSettings, transfer: &TransferSettings) -> Result<Mirror, MirrorError> {
         let store = Store::open(&settings.store)?;
+        store.check().await?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(|source| MirrorError::Bind { addr: settings.listen.clone(), source })?;
@@ -95,7 +100,14 @@ impl Mirror {
             path => Auth::load(Path::new(path))?,
         };
         let tls = tls_config(settings)?;
-        Ok(Mirror { listener, service: MirrorService::new(store, options), auth, tls })
+        let service = MirrorService::new(store.clone(), options);
+        Ok(Mirror { listener, store, replication: None, service, auth, tls })
+    }
+
+    /// Also replicates from `source` into the store on `schedule` while serving.
+    pub fn with_replication(mut self, source: Source, schedule: Schedule) -> Mirror {
+        self.replication = Some((source, schedule));
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -119,6 +131,9 @@ impl Mirror {
         let hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
         let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
+        let replicator = self.replication.map(|(source, schedule)| {
+            tokio::spawn(crate::replicate::run_scheduled(source, self.store, schedule, shutdown.clone()))
+        });
         info!(%addr, tokens = self.auth.is_enforced(), tls = self.tls.is_some(), "mirror listening");
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
@@ -132,6 +147,9 @@ impl Mirror {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
             .await?;
         reloader.abort();
+        if let Some(replicator) = replicator {
+            replicator.abort();
+        }
         info!("mirror stopped");
         Ok(())
     }

@@ -73,18 +73,24 @@ fn capture(stream: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandl
 
 /// A `cachesync` process; killed and reaped when dropped, so a failing test
 /// leaves nothing running.
-struct Proc {
+pub(crate) struct Proc {
     what: String,
     child: Child,
     stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
     /// Runs `cachesync ARGS` with its hash cache under `state`.
     fn start(state: &Path, args: &[&OsStr]) -> Proc {
+        Proc::start_env(state, args, &[])
+    }
+
+    /// Like `start`, with more environment variables.
+    pub(crate) fn start_env(state: &Path, args: &[&OsStr], env: &[(String, String)]) -> Proc {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CACHESYNC_")) {
             cmd.env_remove(k);
         }
@@ -101,11 +107,11 @@ impl Proc {
         self.child.try_wait().unwrap().is_none()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         format!("{}\n--- stdout:\n{}--- stderr:\n{}", self.what, self.stdout.lock().unwrap(), self.stderr())
     }
 
@@ -129,7 +135,7 @@ impl Proc {
     }
 
     /// Waits for the process to end on its own and collects all its output.
-    async fn exit(&mut self) -> ExitStatus {
+    pub(crate) async fn exit(&mut self) -> ExitStatus {
         let what = format!("{} to exit", self.what);
         wait_for(JOB_SECS, &what, || !self.running()).await;
         self.drain();
@@ -137,7 +143,7 @@ impl Proc {
     }
 
     /// Waits for the process and checks it succeeded.
-    async fn succeed(mut self) {
+    pub(crate) async fn succeed(mut self) {
         let status = self.exit().await;
         assert!(status.success(), "{status}: {}", self.output());
     }
@@ -165,9 +171,13 @@ fn sync_proc(command: &str, state: &Path, url: &str, dir: &Path) -> Proc {
 
 /// A mirror process over `store`, and its URL once it listens.
 async fn mirror_proc(state: &Path, store: &Path) -> (Proc, String) {
-    let args: [&OsStr; 5] =
-        ["mirror".as_ref(), "--listen".as_ref(), "127.0.0.1:0".as_ref(), "--store".as_ref(), store.as_ref()];
-    let mut mirror = Proc::start(state, &args);
+    mirror_proc_env(state, store.as_ref(), &[]).await
+}
+
+/// A mirror process over `store` (a directory or URL) with more environment variables.
+pub(crate) async fn mirror_proc_env(state: &Path, store: &OsStr, env: &[(String, String)]) -> (Proc, String) {
+    let args: [&OsStr; 5] = ["mirror".as_ref(), "--listen".as_ref(), "127.0.0.1:0".as_ref(), "--store".as_ref(), store];
+    let mut mirror = Proc::start_env(state, &args, env);
     let log = mirror.stderr.clone();
     mirror.wait_while_running("the mirror to listen", || log.lock().unwrap().contains("mirror listening")).await;
     let log = mirror.stderr();
