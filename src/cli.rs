@@ -49,6 +49,9 @@ pub struct MirrorArgs {
     /// s3://bucket/prefix with credentials from the AWS_* environment.
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub store: Option<String>,
+    /// Serve Prometheus metrics on GET /metrics at this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Replicate another mirror's snapshots into the store, on a schedule
     /// (token and TLS files from [client]).
     #[arg(long, value_name = "URL")]

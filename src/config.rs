@@ -68,6 +68,8 @@ pub struct MirrorSettings {
     pub tls_key: String,
     /// CA (PEM) that client certificates must chain to: mutual TLS, required.
     pub tls_client_ca: String,
+    /// Address of the Prometheus `GET /metrics` endpoint; empty: none.
+    pub metrics_listen: String,
 }
 
 /// Commands that talk to a mirror.
@@ -176,6 +178,7 @@ impl Default for MirrorSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -217,6 +220,10 @@ impl Settings {
         }
         if !self.client.mirror.starts_with("http://") && !self.client.mirror.starts_with("https://") {
             return bad(format!("client.mirror = {:?}: expected a URL like http://127.0.0.1:7415", self.client.mirror));
+        }
+        if !self.mirror.metrics_listen.is_empty() && self.mirror.metrics_listen.parse::<SocketAddr>().is_err() {
+            let addr = &self.mirror.metrics_listen;
+            return bad(format!("mirror.metrics_listen = {addr:?}: expected an address like 127.0.0.1:9415"));
         }
         if self.mirror.tls_cert.is_empty() != self.mirror.tls_key.is_empty() {
             return bad("mirror.tls_cert and mirror.tls_key go together".into());

@@ -14,6 +14,7 @@ pub mod delta;
 mod fsutil;
 pub mod hash;
 pub mod manifest;
+pub mod metrics;
 pub mod mirror;
 pub mod profile;
 mod progress;

@@ -22,6 +22,7 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Mirror(m) => {
             add("mirror.listen", &m.listen);
             add("mirror.store", &m.store);
+            add("mirror.metrics_listen", &m.metrics_listen);
             add("replicate.from", &m.replicate_from);
             add("replicate.cron", &m.replicate_cron);
             add("replicate.interval", &m.replicate_interval);

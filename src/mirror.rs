@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::auth::{Auth, AuthError};
 
 use crate::config::{MirrorSettings, TransferSettings};
+use crate::metrics::Metrics;
 use crate::replicate::Source;
 use crate::rpc::server::{MirrorService, ServiceOptions};
 use crate::schedule::Schedule;
@@ -58,6 +59,8 @@ pub struct Mirror {
     listener: TcpListener,
     store: Store,
     replication: Option<(Source, Schedule)>,
+    metrics: Metrics,
+    metrics_listener: Option<TcpListener>,
     service: MirrorService,
     auth: Auth,
     tls: Option<ServerTlsConfig>,
@@ -100,8 +103,15 @@ impl Mirror {
             path => Auth::load(Path::new(path))?,
         };
         let tls = tls_config(settings)?;
-        let service = MirrorService::new(store.clone(), options);
-        Ok(Mirror { listener, store, replication: None, service, auth, tls })
+        let metrics_listener = match settings.metrics_listen.as_str() {
+            "" => None,
+            addr => {
+                Some(TcpListener::bind(addr).await.map_err(|source| MirrorError::Bind { addr: addr.into(), source })?)
+            }
+        };
+        let metrics = Metrics::default();
+        let service = MirrorService::new(store.clone(), options).with_metrics(metrics.clone());
+        Ok(Mirror { listener, store, replication: None, metrics, metrics_listener, service, auth, tls })
     }
 
     /// Also replicates from `source` into the store on `schedule` while serving.
@@ -119,6 +129,16 @@ impl Mirror {
         self.listener.local_addr()
     }
 
+    /// The address of the metrics endpoint, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics handle, for more gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Serves until `shutdown` is cancelled, then lets calls in flight finish.
     ///
     /// # Errors
@@ -131,9 +151,20 @@ impl Mirror {
         let hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
         let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
+        let metrics = self.metrics.clone();
         let replicator = self.replication.map(|(source, schedule)| {
-            tokio::spawn(crate::replicate::run_scheduled(source, self.store, schedule, shutdown.clone()))
+            tokio::spawn(crate::replicate::run_scheduled(source, self.store, schedule, metrics, shutdown.clone()))
         });
+        if let Some(listener) = self.metrics_listener {
+            let addr = listener.local_addr().map_err(|source| MirrorError::Bind { addr: "?".into(), source })?;
+            info!(%addr, "metrics on GET /metrics");
+            let (metrics, shutdown) = (self.metrics.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, metrics, shutdown).await {
+                    error!(error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         info!(%addr, tokens = self.auth.is_enforced(), tls = self.tls.is_some(), "mirror listening");
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::hash::Hash;
+use crate::metrics::Metrics;
 use crate::rpc::MAX_HASHES;
 use crate::rpc::client::{Client, ClientError, ConnectOptions};
 use crate::rpc::frames::{FrameError, FrameReceiver, Incoming, NewFile};
@@ -156,25 +157,33 @@ const ATTEMPTS: u32 = 8;
 /// Replicates on `schedule` until `shutdown`: at start for an interval
 /// schedule, then at every scheduled time. A failed run is retried with
 /// backoff, then left to the next scheduled run.
-pub async fn run_scheduled(source: Source, store: Store, schedule: Schedule, shutdown: CancellationToken) {
+pub async fn run_scheduled(
+    source: Source,
+    store: Store,
+    schedule: Schedule,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     info!(from = %source.url, keys = %source.keys, ?schedule, "replication scheduled");
     if matches!(schedule, Schedule::Every(_)) {
-        run_with_retries(&source, &store, &shutdown).await;
+        run_with_retries(&source, &store, &metrics, &shutdown).await;
     }
     loop {
         let now = SystemTime::now();
         let wait = schedule.next_after(now).duration_since(now).unwrap_or_default();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => run_with_retries(&source, &store, &shutdown).await,
+            _ = tokio::time::sleep(wait) => run_with_retries(&source, &store, &metrics, &shutdown).await,
         }
     }
 }
 
-async fn run_with_retries(source: &Source, store: &Store, shutdown: &CancellationToken) {
+async fn run_with_retries(source: &Source, store: &Store, metrics: &Metrics, shutdown: &CancellationToken) {
     let mut delay = FIRST_RETRY;
     for attempt in 1..=ATTEMPTS {
-        match replicate_once(source, store).await {
+        let result = replicate_once(source, store).await;
+        metrics.replication_run(result.is_ok());
+        match result {
             Ok(done) => {
                 info!(from = %source.url, keys = done.keys, snapshots = done.snapshots, blobs = done.blobs, bytes_received = done.bytes_received, "replication done");
                 return;

@@ -213,9 +213,13 @@ impl Store {
     ///
     /// Backend errors other than "not found".
     pub async fn has_blob(&self, h: &Hash) -> Result<bool> {
+        Ok(self.blob_size(h).await?.is_some())
+    }
+
+    async fn blob_size(&self, h: &Hash) -> Result<Option<u64>> {
         match self.blobs.head(&Self::blob_path(h)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(StoreError::Backend { what: format!("head blob {h}"), source }),
         }
     }
@@ -226,30 +230,41 @@ impl Store {
     ///
     /// Backend errors.
     pub async fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        Ok(self.missing_sized(hashes).await?.0)
+    }
+
+    /// The hashes the store lacks, in their order, and the total size of
+    /// those it has (read from the same stat or HEAD).
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    pub async fn missing_sized(&self, hashes: &[Hash]) -> Result<(Vec<Hash>, u64)> {
         if let Some(root) = self.local_root.clone() {
             // One blocking task of plain stats instead of a task per object.
             let hashes = hashes.to_vec();
             return tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
+                let (mut out, mut present) = (Vec::new(), 0);
                 for h in hashes {
                     let path = root.join(Self::blob_path(&h).as_ref());
                     match std::fs::symlink_metadata(&path) {
-                        Ok(_) => {}
+                        Ok(m) => present += m.len(),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(h),
                         Err(source) => return Err(StoreError::Io { path, source }),
                     }
                 }
-                Ok(out)
+                Ok((out, present))
             })
             .await
             .expect("stat task panicked");
         }
-        let found: Vec<(Hash, bool)> = futures::stream::iter(hashes.iter().copied())
-            .map(|h| async move { self.has_blob(&h).await.map(|has| (h, has)) })
+        let found: Vec<(Hash, Option<u64>)> = futures::stream::iter(hashes.iter().copied())
+            .map(|h| async move { self.blob_size(&h).await.map(|size| (h, size)) })
             .buffered(64)
             .try_collect()
             .await?;
-        Ok(found.into_iter().filter(|(_, has)| !has).map(|(h, _)| h).collect())
+        let present = found.iter().filter_map(|(_, size)| *size).sum();
+        Ok((found.into_iter().filter(|(_, size)| size.is_none()).map(|(h, _)| h).collect(), present))
     }
 
     /// A new, empty staging file for an incoming blob.

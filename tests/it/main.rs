@@ -6,6 +6,7 @@ mod deltas;
 mod helpers;
 mod hostile;
 mod kill;
+mod metrics;
 mod replicate;
 mod round_trip;
 mod s3;

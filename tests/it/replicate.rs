@@ -3,6 +3,7 @@
 //! and a source that is down at first.
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,10 +100,11 @@ async fn replicate_copies_newest_snapshots_and_then_only_what_is_missing() {
 }
 
 /// A mirror over `store` that replicates from `from` on `schedule`.
-async fn replica_mirror(store: &Path, from: &str, schedule: Schedule) -> (String, CancellationToken) {
+async fn replica_mirror(store: &Path, from: &str, schedule: Schedule) -> (String, SocketAddr, CancellationToken) {
     let settings = MirrorSettings {
         listen: "127.0.0.1:0".into(),
         store: store.to_string_lossy().into(),
+        metrics_listen: "127.0.0.1:0".into(),
         ..MirrorSettings::default()
     };
     let source = Source {
@@ -113,10 +115,10 @@ async fn replica_mirror(store: &Path, from: &str, schedule: Schedule) -> (String
     };
     let mirror =
         Mirror::bind(&settings, &TransferSettings::default()).await.unwrap().with_replication(source, schedule);
-    let url = format!("http://{}", mirror.local_addr().unwrap());
+    let (url, metrics) = (format!("http://{}", mirror.local_addr().unwrap()), mirror.metrics_addr().unwrap());
     let shutdown = CancellationToken::new();
     tokio::spawn(mirror.run(shutdown.clone()));
-    (url, shutdown)
+    (url, metrics, shutdown)
 }
 
 async fn wait_replicated(replica: &str, source: &str, key: &str) {
@@ -136,7 +138,7 @@ async fn a_mirror_replicates_on_its_schedule_only_the_keys_asked_for() {
     tree(&src, 1);
     push(&source.url, "nightly/linux", &src, &state).await;
     push(&source.url, "private/linux", &src, &state).await;
-    let (replica, stop) =
+    let (replica, metrics, stop) =
         replica_mirror(&t.path().join("replica"), &source.url, Schedule::Every(Duration::from_millis(200))).await;
     wait_replicated(&replica, &source.url, "nightly/linux").await;
     assert!(newest(&replica, "private/linux").await.is_none(), "only keys under nightly/");
@@ -147,6 +149,9 @@ async fn a_mirror_replicates_on_its_schedule_only_the_keys_asked_for() {
     let dst = t.path().join("dst");
     sync::pull(&mut connect(&replica).await, &PullRequest::new(&dst, "nightly/linux"), &options(&state)).await.unwrap();
     assert_same_tree(&src, &dst);
+    let (_, text) = crate::metrics::scrape(metrics).await;
+    assert!(crate::metrics::value(&text, "cachesync_replication_runs_total{result=\"ok\"}") >= 2, "{text}");
+    assert!(crate::metrics::value(&text, "cachesync_replication_last_success_timestamp_seconds") > 1_700_000_000);
     stop.cancel();
 }
 
