@@ -310,3 +310,65 @@ async fn a_mirror_with_tokens_asks_for_one() {
     assert_eq!(http(&base, "GET", list, &[("Authorization", basic)]).await.status, 404, "let in; nothing pushed yet");
     mirror.stop().await;
 }
+
+/// The binary with a clean environment and a private data directory.
+fn mirror_command(t: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("XDG_DATA_HOME", t.join("data"))
+        .env("XDG_STATE_HOME", t.join("state"))
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "1")
+        .args(["mirror", "--listen", "127.0.0.1:0", "--store"])
+        .arg(t.join("store"))
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[test]
+fn a_goproxy_address_in_use_is_one_line_and_exit_1() {
+    let t = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = mirror_command(t.path(), &["--goproxy-listen", &addr]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("cachesync: cannot listen on") && last.contains(&addr), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = mirror_command(t.path(), &["--goproxy-prefix", "no-slash"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), stderr.lines().count()), (Some(2), 1), "{stderr}");
+    assert!(stderr.contains("mirror.goproxy_prefix"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_its_goproxy_address_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let mut cmd = mirror_command(t.path(), &["--goproxy-listen", "127.0.0.1:0", "--goproxy-prefix", "/go"]);
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (stderr, line) = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while !line.contains("goproxy listening") {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "the mirror ended without listening");
+        }
+        (stderr, line)
+    })
+    .await
+    .unwrap();
+    let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("addr=… in the log line");
+    let base = format!("http://{addr}");
+    let reply = http(&base, "GET", "/go/example.com/none/@v/list", &[]).await;
+    assert_eq!(reply.status, 404);
+    // SAFETY: our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let rest = std::io::read_to_string(stderr.into_inner()).unwrap();
+    assert!(rest.contains("goproxy stopped") && rest.contains("mirror stopped"), "{rest}");
+}
