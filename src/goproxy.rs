@@ -217,19 +217,24 @@ impl Proxy {
         let body = match content {
             _ if head || part.is_empty() => Body::empty(),
             Content::Memory(bytes) => Body::from(bytes.slice(part.start as usize..part.end as usize)),
-            Content::Blob(blob) => match self.store.blob_range(&blob.hash, part).await {
-                Ok(stream) => {
-                    let path = path.to_string();
-                    Body::from_stream(stream.inspect(move |r| {
-                        if let Err(e) = r {
-                            warn!(path, error = %e, "goproxy response cut short: the store failed");
-                        }
-                    }))
-                }
+            Content::Blob(blob) => match self.stream(&blob, part, path).await {
+                Ok(body) => body,
                 Err(e) => return store_failure(&e, path),
             },
         };
         r.body(body).expect("valid response")
+    }
+
+    /// A blob's bytes `part` as a body streamed from the store; a failure
+    /// after the head was sent cuts the response short, with a log line.
+    async fn stream(&self, blob: &BlobRef, part: std::ops::Range<u64>, path: &str) -> Result<Body, StoreError> {
+        let stream = self.store.blob_range(&blob.hash, part).await?;
+        let path = path.to_string();
+        Ok(Body::from_stream(stream.inspect(move |r| {
+            if let Err(e) = r {
+                warn!(path, error = %e, "goproxy response cut short: the store failed");
+            }
+        })))
     }
 }
 
