@@ -50,6 +50,10 @@ impl PushRequest {
 pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
     req.validate()?;
+    let (state_dir, root) = (opts.state_dir.clone(), req.root.clone());
+    tokio::task::spawn_blocking(move || super::durability::settle_before_push(&state_dir, &root))
+        .await
+        .expect("settle task panicked")?;
     let scanned = scan_root(req, opts).await?;
     let local = scanned.manifest;
     debug!(ms = started.elapsed().as_millis() as u64, hashed = scanned.hashed_files, "push: scanned");
