@@ -16,6 +16,7 @@
 //! instead of one fsync per blob. This module knows nothing about gRPC.
 
 mod keys;
+mod read;
 mod snapshots;
 
 use std::path::{Path, PathBuf};
