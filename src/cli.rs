@@ -49,6 +49,15 @@ pub struct MirrorArgs {
     /// s3://bucket/prefix with credentials from the AWS_* environment.
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub store: Option<String>,
+    /// Also serve the go-mod snapshots as a Go module proxy (HTTP) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub goproxy_listen: Option<String>,
+    /// Mount the Go module proxy under this path, e.g. /go (default: the root).
+    #[arg(long, value_name = "PATH")]
+    pub goproxy_prefix: Option<String>,
+    /// Serve only the go-mod snapshots of keys starting with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub goproxy_keys: Option<String>,
     /// Serve Prometheus metrics on GET /metrics at this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,

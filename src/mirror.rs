@@ -1,4 +1,5 @@
-//! The mirror process: the gRPC service over a store, until shutdown.
+//! The mirror process: the gRPC service over a store (and the Go module
+//! proxy endpoint, when configured), until shutdown.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::auth::{Auth, AuthError};
 
 use crate::config::{MirrorSettings, TransferSettings};
+use crate::goproxy::{GoProxy, GoproxyOptions};
 use crate::metrics::Metrics;
 use crate::replicate::Source;
 use crate::rpc::server::{MirrorService, ServiceOptions};
@@ -52,6 +54,9 @@ pub enum MirrorError {
     /// The server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The Go module proxy's server failed.
+    #[error("goproxy server: {0}")]
+    Goproxy(#[source] std::io::Error),
 }
 
 /// A mirror bound to its address.
@@ -64,6 +69,7 @@ pub struct Mirror {
     service: MirrorService,
     auth: Auth,
     tls: Option<ServerTlsConfig>,
+    goproxy: Option<GoProxy>,
 }
 
 /// TLS from the settings' PEM files: a certificate and key, and for mutual
@@ -103,6 +109,15 @@ impl Mirror {
             path => Auth::load(Path::new(path))?,
         };
         let tls = tls_config(settings)?;
+        let goproxy = match settings.goproxy_listen.as_str() {
+            "" => None,
+            addr => {
+                let options =
+                    GoproxyOptions { prefix: settings.goproxy_prefix.clone(), keys: settings.goproxy_keys.clone() };
+                let bound = GoProxy::bind(addr, options, store.clone(), auth.clone()).await;
+                Some(bound.map_err(|source| MirrorError::Bind { addr: format!("{addr} (goproxy)"), source })?)
+            }
+        };
         let metrics_listener = match settings.metrics_listen.as_str() {
             "" => None,
             addr => {
@@ -111,7 +126,12 @@ impl Mirror {
         };
         let metrics = Metrics::default();
         let service = MirrorService::new(store.clone(), options).with_metrics(metrics.clone());
-        Ok(Mirror { listener, store, replication: None, metrics, metrics_listener, service, auth, tls })
+        Ok(Mirror { listener, store, replication: None, metrics, metrics_listener, service, auth, tls, goproxy })
+    }
+
+    /// The address the Go module proxy endpoint bound, if it has one.
+    pub fn goproxy_addr(&self) -> Option<SocketAddr> {
+        self.goproxy.as_ref().and_then(|g| g.local_addr().ok())
     }
 
     /// Also replicates from `source` into the store on `schedule` while serving.
@@ -151,6 +171,7 @@ impl Mirror {
         let hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
         let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
+        let goproxy = self.goproxy.map(|g| tokio::spawn(g.run(shutdown.clone())));
         let metrics = self.metrics.clone();
         let replicator = self.replication.map(|(source, schedule)| {
             tokio::spawn(crate::replicate::run_scheduled(source, self.store, schedule, metrics, shutdown.clone()))
@@ -180,6 +201,9 @@ impl Mirror {
         reloader.abort();
         if let Some(replicator) = replicator {
             replicator.abort();
+        }
+        if let Some(goproxy) = goproxy {
+            goproxy.await.expect("goproxy task panicked").map_err(MirrorError::Goproxy)?;
         }
         info!("mirror stopped");
         Ok(())

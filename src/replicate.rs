@@ -144,7 +144,9 @@ async fn fetch_blobs(client: &mut Client, store: &Store, batch: &[Hash], max: u6
             .block_on(store.publish_blob(&incoming.hash, &incoming.staged))
             .map_err(|e| FrameError::Handler(e.to_string()))
     };
-    Ok(client.get_blobs(batch, receiver, publish).await?)
+    // The source's own compression level; none over loopback, where it only costs CPU.
+    let level = if client.is_loopback() { 0 } else { i32::MAX };
+    Ok(client.get_blobs(batch, level, receiver, publish).await?)
 }
 
 /// First wait between attempts of a failed run; doubled each time.

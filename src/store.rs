@@ -21,6 +21,7 @@
 
 mod backend;
 mod keys;
+mod read;
 mod snapshots;
 
 use std::path::{Path, PathBuf};

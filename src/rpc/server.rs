@@ -244,10 +244,12 @@ impl CacheSync for MirrorService {
     type GetBlobsStream = Stream_<pb::BlobFrame>;
 
     async fn get_blobs(&self, req: Request<pb::GetBlobsRequest>) -> Result<Response<Self::GetBlobsStream>, Status> {
-        let hashes = hashes_from(&req.into_inner().hashes, "get blobs")?;
+        let req = req.into_inner();
+        let hashes = hashes_from(&req.hashes, "get blobs")?;
         let (tx, rx) = mpsc::channel(8);
         let store = self.store.clone();
-        let level = self.options.compression_level;
+        let own = self.options.compression_level;
+        let level = req.compression_level.map_or(own, |asked| asked.clamp(0, own));
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let rt = Handle::current();

@@ -120,7 +120,9 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     whole.extend(refetch);
     report.blobs_delta = deltas;
     report.blobs_whole = whole.len() as u64;
-    job.fetch_whole(client, whole, opts.streams).await?;
+    // Over loopback compression only costs CPU: ask the mirror not to.
+    let level = if client.is_loopback() { 0 } else { opts.compression_level };
+    job.fetch_whole(client, whole, opts.streams, level).await?;
     job.finish(plan.symlinks, cache, cache_file, sync).await?;
     if sync {
         durability::clear(&opts.state_dir, &req.root);
@@ -244,13 +246,14 @@ impl Job {
         client: &Client,
         whole: Vec<(Hash, Vec<usize>)>,
         streams: usize,
+        level: i32,
     ) -> Result<(), SyncError> {
         let size = |(_, targets): &(Hash, Vec<usize>)| self.manifest.entries()[targets[0]].size;
         let calls = split_balanced(whole, size, streams).into_iter().map(|group| {
             let mut client = client.clone();
             async move {
                 for batch in group.chunks(MAX_HASHES) {
-                    fetch_whole(&mut client, &self.tree, &self.manifest, batch, &self.placed, &self.progress).await?;
+                    self.fetch_batch(&mut client, batch, level).await?;
                 }
                 Ok::<(), SyncError>(())
             }
@@ -330,51 +333,53 @@ fn receiver(tree: &Arc<Tree>, max: u64) -> FrameReceiver {
     FrameReceiver::new(Box::new(move |_: &Hash| t.staging_file().map(NewFile::named)), max)
 }
 
-async fn fetch_whole(
-    client: &mut Client,
-    tree: &Arc<Tree>,
-    manifest: &Arc<Manifest>,
-    batch: &[(Hash, Vec<usize>)],
-    placed: &Placed,
-    progress: &Progress,
-) -> Result<(), SyncError> {
-    let hashes: Vec<Hash> = batch.iter().map(|(h, _)| *h).collect();
-    let mut targets: HashMap<Hash, Vec<Entry>> = HashMap::new();
-    for (h, idx) in batch {
-        targets.insert(*h, idx.iter().map(|i| manifest.entries()[*i].clone()).collect());
-    }
-    let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
-    let targets = Arc::new(Mutex::new(targets));
-    let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
-    // Each blob is written where its first entry goes, so that it can be linked in place.
-    let (t2, dests) = (tree.clone(), targets.clone());
-    let new_file = move |hash: &Hash| {
-        let dest = dests.lock().expect("targets lock").get(hash).map(|entries| entries[0].path.clone());
-        match dest {
-            Some(dest) => t2.new_file(&dest),
-            None => t2.staging_file().map(NewFile::named), // refused by the handler
+impl Job {
+    /// Fetches one batch of whole blobs over one stream, placing each as it lands.
+    async fn fetch_batch(
+        &self,
+        client: &mut Client,
+        batch: &[(Hash, Vec<usize>)],
+        level: i32,
+    ) -> Result<(), SyncError> {
+        let (tree, manifest, placed, progress) = (&self.tree, &self.manifest, &self.placed, &self.progress);
+        let hashes: Vec<Hash> = batch.iter().map(|(h, _)| *h).collect();
+        let mut targets: HashMap<Hash, Vec<Entry>> = HashMap::new();
+        for (h, idx) in batch {
+            targets.insert(*h, idx.iter().map(|i| manifest.entries()[*i].clone()).collect());
         }
-    };
-    client
-        .get_blobs(&hashes, FrameReceiver::new(Box::new(new_file), max), move |incoming: Incoming| {
-            let entries = left
-                .lock()
-                .expect("targets lock")
-                .remove(&incoming.hash)
-                .ok_or_else(|| FrameError::Protocol(format!("unrequested blob {}", incoming.hash)))?;
-            if incoming.delta_base.is_some() {
-                return Err(FrameError::Protocol("a delta where a whole blob was asked".into()));
+        let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
+        let targets = Arc::new(Mutex::new(targets));
+        let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
+        // Each blob is written where its first entry goes, so that it can be linked in place.
+        let (t2, dests) = (tree.clone(), targets.clone());
+        let new_file = move |hash: &Hash| {
+            let dest = dests.lock().expect("targets lock").get(hash).map(|entries| entries[0].path.clone());
+            match dest {
+                Some(dest) => t2.new_file(&dest),
+                None => t2.staging_file().map(NewFile::named), // refused by the handler
             }
-            prog.inc(incoming.size);
-            place_all(&t, incoming, &entries, &p)
-        })
-        .await?;
-    let missing = targets.lock().expect("targets lock").len();
-    if missing > 0 {
-        let why = format!("the stream ended with {missing} of the {} requested blobs missing", hashes.len());
-        return Err(SyncError::Client(FrameError::Protocol(why).into()));
+        };
+        client
+            .get_blobs(&hashes, level, FrameReceiver::new(Box::new(new_file), max), move |incoming: Incoming| {
+                let entries = left
+                    .lock()
+                    .expect("targets lock")
+                    .remove(&incoming.hash)
+                    .ok_or_else(|| FrameError::Protocol(format!("unrequested blob {}", incoming.hash)))?;
+                if incoming.delta_base.is_some() {
+                    return Err(FrameError::Protocol("a delta where a whole blob was asked".into()));
+                }
+                prog.inc(incoming.size);
+                place_all(&t, incoming, &entries, &p)
+            })
+            .await?;
+        let missing = targets.lock().expect("targets lock").len();
+        if missing > 0 {
+            let why = format!("the stream ended with {missing} of the {} requested blobs missing", hashes.len());
+            return Err(SyncError::Client(FrameError::Protocol(why).into()));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 async fn fetch_delta(
