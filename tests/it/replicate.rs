@@ -37,18 +37,22 @@ async fn newest(url: &str, key: &str) -> Option<SnapshotRecord> {
 
 /// `cachesync replicate --json`: its report.
 async fn replicate_cli(from: &str, store: &Path, state: &Path) -> serde_json::Value {
-    let args: Vec<&OsStr> = vec![
-        "replicate".as_ref(),
-        "--from".as_ref(),
-        from.as_ref(),
-        "--store".as_ref(),
-        store.as_ref(),
-        "--json".as_ref(),
-    ];
-    let state = state.to_path_buf();
+    replicate_cli_env(from, store.as_ref(), state, &[]).await
+}
+
+/// `cachesync replicate --json` into `store` (a directory or URL) with more environment.
+pub(crate) async fn replicate_cli_env(
+    from: &str,
+    store: &OsStr,
+    state: &Path,
+    env: &[(String, String)],
+) -> serde_json::Value {
+    let args: Vec<&OsStr> =
+        vec!["replicate".as_ref(), "--from".as_ref(), from.as_ref(), "--store".as_ref(), store, "--json".as_ref()];
+    let (state, env) = (state.to_path_buf(), env.to_vec());
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin()).args(&args).env("XDG_STATE_HOME", state).output().unwrap()
+        std::process::Command::new(bin()).args(&args).envs(env).env("XDG_STATE_HOME", state).output().unwrap()
     })
     .await
     .unwrap();

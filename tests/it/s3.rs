@@ -159,6 +159,15 @@ async fn a_mirror_over_s3_round_trips_a_tree() {
     let records = checked_records(&s3.bucket("caches"), "team/a", "s3/tree").await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].files, 4);
+
+    // Replication into another prefix of the bucket: the same record, complete.
+    let into = OsStr::new("s3://caches/replica");
+    let done = crate::replicate::replicate_cli_env(&url, into, &state, &s3.env()).await;
+    assert_eq!((done["snapshots"].as_u64(), done["blobs"].as_u64()), (Some(1), Some(4)), "{done}");
+    let copied = checked_records(&s3.bucket("caches"), "replica", "s3/tree").await;
+    assert_eq!(copied, records);
+    let again = crate::replicate::replicate_cli_env(&url, into, &state, &s3.env()).await;
+    assert_eq!((again["snapshots"].as_u64(), again["blobs"].as_u64()), (Some(0), Some(0)), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
