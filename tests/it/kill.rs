@@ -116,7 +116,7 @@ impl Proc {
     }
 
     /// Waits until `cond` holds; panics if the process ends first.
-    async fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
+    pub(crate) async fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
         wait_for(JOB_SECS, what, || {
             cond() || {
                 assert!(self.running(), "the process ended before {what}: {}", self.output());
@@ -127,7 +127,7 @@ impl Proc {
     }
 
     /// kill -9, after checking the process was still at work (else nothing was interrupted).
-    fn kill_mid_job(&mut self) {
+    pub(crate) fn kill_mid_job(&mut self) {
         assert!(self.running(), "finished before it could be killed, so nothing was interrupted: {}", self.output());
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -213,7 +213,7 @@ fn snapshot_records(store: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).into_iter().flatten().map(|e| e.unwrap().path()).collect()
 }
 
-fn blob_count(store: &Path) -> usize {
+pub(crate) fn blob_count(store: &Path) -> usize {
     walkdir::WalkDir::new(store.join("blobs")).into_iter().flatten().filter(|e| e.file_type().is_file()).count()
 }
 

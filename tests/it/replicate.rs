@@ -203,3 +203,32 @@ async fn a_source_that_is_down_is_retried_and_caught_up_with() {
         newest(&source.url, "nightly/x").await.unwrap().manifest
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_killed_midway_leaves_no_snapshot_and_a_rerun_completes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let source = spawn_mirror(&t.path().join("source")).await;
+    for i in 0..6 {
+        write(&src, &format!("big/{i}.bin"), &random_bytes(50 + i, 32 << 20));
+    }
+    push(&source.url, "nightly/big", &src, &state).await;
+
+    let replica = t.path().join("replica");
+    let args: [&OsStr; 5] =
+        ["replicate".as_ref(), "--from".as_ref(), source.url.as_ref(), "--store".as_ref(), replica.as_ref()];
+    let mut job = Proc::start_env(&state, &args, &[]);
+    job.wait_while_running("a first blob to land", || crate::kill::blob_count(&replica) >= 1).await;
+    job.kill_mid_job();
+    let landed = crate::kill::blob_count(&replica) as u64;
+    assert!(!replica.join("keys").exists(), "no snapshot record after a kill");
+
+    let done = replicate_cli(&source.url, &replica, &state).await;
+    assert_eq!(done["snapshots"].as_u64(), Some(1));
+    assert_eq!(done["blobs"].as_u64(), Some(6 - landed), "blobs that landed are not fetched again: {done}");
+    let dst = t.path().join("dst");
+    let mirror = spawn_mirror(&replica).await;
+    let mut client = connect(&mirror.url).await;
+    sync::pull(&mut client, &PullRequest::new(&dst, "nightly/big"), &options(&state)).await.unwrap();
+    assert_same_tree(&src, &dst);
+}
