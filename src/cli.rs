@@ -35,6 +35,17 @@ pub enum Command {
     Status(StatusArgs),
     /// Hash a directory and print its manifest summary (no network).
     Scan(ScanArgs),
+    /// Watch the roots of the `[agent]` section and keep them in sync with
+    /// peers and the mirror, until SIGTERM or SIGINT.
+    Agent(AgentArgs),
+}
+
+/// `cachesync agent` (its roots, peers and schedules come from `--config`).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address to listen on for peers (default 127.0.0.1:7416).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 /// `cachesync mirror`.

@@ -25,6 +25,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Pull(args) => pull(args, settings).await,
         Command::Status(args) => status(args, settings).await,
         Command::Scan(args) => scan(args),
+        Command::Agent(_) => agent(settings).await,
     }
 }
 
@@ -41,26 +42,22 @@ fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Client> {
-    let c = &settings.client;
-    let token = match (c.token.as_str(), c.token_file.as_str()) {
-        ("", "") => None,
-        ("", file) => Some(std::fs::read_to_string(file).with_context(|| format!("reading the token file {file}"))?),
-        (token, _) => Some(token.to_string()),
-    };
-    let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
-    let opts = ConnectOptions {
-        timeout: settings.connect_timeout(),
-        token,
-        ca_file: path(&c.ca_file),
-        identity: path(&c.cert_file).zip(path(&c.key_file)),
-    };
-    Ok(Client::connect_with(&c.mirror, &opts).await?)
+    let opts = ConnectOptions::from_settings(&settings.client)
+        .map_err(|(file, e)| anyhow::anyhow!("reading the token file {file}: {e}"))?;
+    Ok(Client::connect_with(&settings.client.mirror, &opts).await?)
 }
 
 async fn mirror(settings: Settings) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signals().context("installing signal handlers")?;
     let mirror = Mirror::bind(&settings.mirror, &settings.transfer).await?;
     mirror.run(shutdown).await?;
+    Ok(())
+}
+
+async fn agent(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signals().context("installing signal handlers")?;
+    let agent = crate::agent::Agent::bind(&settings).await?;
+    agent.run(shutdown).await?;
     Ok(())
 }
 

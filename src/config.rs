@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod agent;
+pub use agent::{AgentConfig, AgentSettings, Direction, RootConfig, RootSettings};
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,6 +35,8 @@ pub struct Settings {
     pub client: ClientSettings,
     /// How bytes move.
     pub transfer: TransferSettings,
+    /// The agent process.
+    pub agent: AgentSettings,
 }
 
 /// Logging.
@@ -196,7 +201,7 @@ impl Settings {
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir is empty".into());
         }
-        Ok(())
+        self.agent.resolve().map(|_| ())
     }
 
     /// The connect timeout.

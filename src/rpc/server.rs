@@ -68,6 +68,8 @@ pub struct MirrorService {
     options: ServiceOptions,
     /// Commits buffer a whole manifest (up to 256 MiB): only a few at once.
     commits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Every commit that changed a key, for whoever subscribed (the agent).
+    committed: tokio::sync::broadcast::Sender<store::SnapshotRecord>,
 }
 
 /// Commits served at the same time; others wait their turn.
@@ -92,7 +94,17 @@ pub fn check_protocol(req: Request<()>) -> Result<Request<()>, Status> {
 impl MirrorService {
     /// A service over `store`.
     pub fn new(store: Store, options: ServiceOptions) -> Self {
-        MirrorService { store, options, commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)) }
+        MirrorService {
+            store,
+            options,
+            commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
+            committed: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+
+    /// The snapshots committed from now on that changed their key, as they land.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<store::SnapshotRecord> {
+        self.committed.subscribe()
     }
 
     /// The tonic service, behind the [`Gate`] (protocol check, tokens) and message bounds.
@@ -340,6 +352,9 @@ impl CacheSync for MirrorService {
             .map_err(ServerError::from)?;
         let s = &committed.snapshot;
         info!(key = %s.key, generation = s.generation, files = s.files, bytes = s.bytes, unchanged = committed.unchanged, "snapshot committed");
+        if !committed.unchanged {
+            let _ = self.committed.send(s.clone()); // nobody listening is fine
+        }
         Ok(Response::new(pb::CommitResponse {
             snapshot: Some(committed.snapshot.into()),
             unchanged: committed.unchanged,

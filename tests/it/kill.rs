@@ -73,17 +73,17 @@ fn capture(stream: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandl
 
 /// A `cachesync` process; killed and reaped when dropped, so a failing test
 /// leaves nothing running.
-struct Proc {
+pub(crate) struct Proc {
     what: String,
     child: Child,
     stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
     /// Runs `cachesync ARGS` with its hash cache under `state`.
-    fn start(state: &Path, args: &[&OsStr]) -> Proc {
+    pub(crate) fn start(state: &Path, args: &[&OsStr]) -> Proc {
         let mut cmd = Command::new(bin());
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CACHESYNC_")) {
             cmd.env_remove(k);
@@ -97,20 +97,20 @@ impl Proc {
         Proc { what, child, stdout, stderr, readers: vec![out_reader, err_reader] }
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         format!("{}\n--- stdout:\n{}--- stderr:\n{}", self.what, self.stdout.lock().unwrap(), self.stderr())
     }
 
     /// Waits until `cond` holds; panics if the process ends first.
-    async fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
+    pub(crate) async fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
         wait_for(JOB_SECS, what, || {
             cond() || {
                 assert!(self.running(), "the process ended before {what}: {}", self.output());
@@ -129,7 +129,7 @@ impl Proc {
     }
 
     /// Waits for the process to end on its own and collects all its output.
-    async fn exit(&mut self) -> ExitStatus {
+    pub(crate) async fn exit(&mut self) -> ExitStatus {
         let what = format!("{} to exit", self.what);
         wait_for(JOB_SECS, &what, || !self.running()).await;
         self.drain();
@@ -137,9 +137,15 @@ impl Proc {
     }
 
     /// Waits for the process and checks it succeeded.
-    async fn succeed(mut self) {
+    pub(crate) async fn succeed(mut self) {
         let status = self.exit().await;
         assert!(status.success(), "{status}: {}", self.output());
+    }
+
+    /// Sends a signal (SIGTERM, SIGINT) to the process.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
     }
 
     fn drain(&mut self) {
