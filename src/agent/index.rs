@@ -235,3 +235,76 @@ impl Index {
         differ
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Hash;
+
+    fn write_old(root: &Path, rel: &str, data: &[u8]) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+        filetime::set_file_mtime(&path, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+    }
+
+    fn paths(index: &mut Index) -> Vec<String> {
+        index.manifest().unwrap().entries().iter().map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn dirty_paths_update_only_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write_old(r, "a/one", b"1");
+        write_old(r, "a/two", b"2");
+        write_old(r, "b/three", b"3");
+        let mut index = Index::new(r, Profile::Generic, HashCache::default());
+        assert_eq!(index.rescan(Duration::ZERO).unwrap().hashed, 3);
+        let first = index.manifest().unwrap().id();
+        // Unchanged: nothing hashed, same manifest (the same Arc, not rebuilt).
+        let same = index.apply(&[("a/one".into(), false)], Duration::ZERO).unwrap();
+        assert!(!same.changed && same.hashed == 0);
+        assert_eq!(index.manifest().unwrap().id(), first);
+        // A changed file: only it is read.
+        write_old(r, "a/two", b"two, longer");
+        let changed = index.apply(&[("a/two".into(), false)], Duration::ZERO).unwrap();
+        assert!(changed.changed);
+        assert_eq!(changed.hashed, 1);
+        let m = index.manifest().unwrap();
+        assert_eq!(m.get("a/two").unwrap().file_hash(), Some(Hash::of(b"two, longer")));
+        // A file under directories we never saw: the top new directory is walked.
+        write_old(r, "n/e/w", b"new");
+        index.apply(&[("n/e/w".into(), false)], Duration::ZERO).unwrap();
+        assert_eq!(paths(&mut index), ["a", "a/one", "a/two", "b", "b/three", "n", "n/e", "n/e/w"]);
+        // A removed directory takes its entries with it.
+        std::fs::remove_dir_all(r.join("b")).unwrap();
+        assert!(index.apply(&[("b".into(), true)], Duration::ZERO).unwrap().changed);
+        assert_eq!(paths(&mut index), ["a", "a/one", "a/two", "n", "n/e", "n/e/w"]);
+    }
+
+    #[test]
+    fn files_still_being_written_are_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write_old(r, "done", b"old");
+        let mut index = Index::new(r, Profile::GoMod, HashCache::default());
+        index.rescan(Duration::from_secs(2)).unwrap();
+        std::fs::write(r.join("done"), b"being rewritten").unwrap();
+        std::fs::write(r.join("fresh"), b"just written").unwrap();
+        std::fs::write(r.join("x.lock"), b"").unwrap();
+        let dirty = [("done".into(), false), ("fresh".into(), false), ("x.lock".into(), false)];
+        let applied = index.apply(&dirty, Duration::from_secs(2)).unwrap();
+        assert_eq!(applied.deferred, ["done", "fresh"]);
+        assert!(!applied.changed, "the old entry stays until the file settles");
+        assert_eq!(index.manifest().unwrap().get("done").unwrap().file_hash(), Some(Hash::of(b"old")));
+        assert!(index.manifest().unwrap().get("x.lock").is_none(), "the profile skips locks");
+        // A module directory is not taken while its .partial marker exists.
+        write_old(r, "m@v1/go.mod", b"module m");
+        std::fs::write(r.join("m@v1.partial"), b"").unwrap();
+        assert_eq!(index.apply(&[("m@v1".into(), true)], Duration::ZERO).unwrap().deferred, ["m@v1"]);
+        std::fs::remove_file(r.join("m@v1.partial")).unwrap();
+        assert!(index.apply(&[("m@v1".into(), true)], Duration::ZERO).unwrap().changed);
+        assert!(index.manifest().unwrap().get("m@v1/go.mod").is_some());
+    }
+}

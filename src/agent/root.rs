@@ -227,8 +227,14 @@ impl RootTask {
         let mut status = lock(&self.status);
         status.files = m.file_count();
         match result {
-            Ok((pushed, None)) => status.succeeded(pushed),
-            Ok((_, Some(e))) => status.last_error = Some(e),
+            Ok((pushed, error)) => {
+                let ms = started.elapsed().as_millis() as u64;
+                debug!(parent: &span, pushed, duration_ms = ms, "sync cycle finished");
+                match error {
+                    None => status.succeeded(pushed),
+                    Some(e) => status.last_error = Some(e),
+                }
+            }
             Err(e) => {
                 warn!(parent: &span, root = %self.cfg.name, error = %e, "sync cycle failed; retrying next cycle");
                 status.last_error = Some(e.to_string());

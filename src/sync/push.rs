@@ -131,23 +131,30 @@ async fn send(
     opts: &SyncOptions,
     report: &mut Report,
 ) -> Result<Option<crate::store::SnapshotRecord>, SyncError> {
-    let previous = match client.resolve(&req.key, &[]).await? {
+    let (previous, newest) = match client.resolve(&req.key, &[]).await? {
         Some(s) if s.manifest == report.manifest => {
             report.generation = s.generation;
             report.unchanged = true;
             return Ok(None);
         }
-        Some(s) => Some(client.manifest(s.manifest_id()?).await?),
+        Some(s) => (Some(client.manifest(s.manifest_id()?).await?), true),
         None => match previous_hint {
-            Some(id) => client.manifest(id).await.ok(),
-            None => None,
+            Some(id) => (client.manifest(id).await.ok(), false),
+            None => (None, false),
         },
     };
-    let mut hashes: Vec<_> = local.entries().iter().filter_map(|e| e.file_hash()).collect();
+    // Blobs of the key's newest snapshot are on the receiver (its commit
+    // needed them all, and retention keeps them): ask only about the others.
+    let held: std::collections::HashSet<Hash> = match (&previous, newest) {
+        (Some(p), true) => p.entries().iter().filter_map(|e| e.file_hash()).collect(),
+        _ => Default::default(),
+    };
+    let mut hashes: Vec<_> =
+        local.entries().iter().filter_map(|e| e.file_hash()).filter(|h| !held.contains(h)).collect();
     hashes.sort_unstable();
     hashes.dedup();
     let missing = client.missing(&hashes).await?;
-    debug!(missing = missing.len(), "push: asked what the receiver lacks");
+    debug!(asked = hashes.len(), missing = missing.len(), "push: asked what the receiver lacks");
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile: req.profile };
     let uploads = plan_push(local, previous.as_ref(), &missing, popts);
     (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
