@@ -284,6 +284,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_walks_but_does_not_read_unchanged_files() {
+        let (dir, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for i in 0..50 {
+            write_old(dir.path(), &format!("d/f{i}"), format!("content {i}").as_bytes());
+        }
+        let mut index = Index::new(dir.path(), Profile::Generic, HashCache::default());
+        assert_eq!(index.rescan(Duration::ZERO).unwrap().hashed, 50);
+        let before = index.manifest().unwrap().id();
+        super::super::state::RootState::default().save(state.path(), "tree", index.cache());
+        let cache = super::super::state::RootState::load(state.path(), "tree").cache;
+        let mut again = Index::new(dir.path(), Profile::Generic, cache);
+        assert_eq!(again.rescan(Duration::ZERO).unwrap().hashed, 0);
+        assert_eq!(again.manifest().unwrap().id(), before);
+    }
+
+    #[test]
     fn files_still_being_written_are_deferred() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
