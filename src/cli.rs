@@ -37,6 +37,17 @@ pub enum Command {
     Scan(ScanArgs),
     /// Copy the newest snapshot of every key from a mirror into a store, once.
     Replicate(ReplicateArgs),
+    /// Watch the roots of the `[agent]` section and keep them in sync with
+    /// peers and the mirror, until SIGTERM or SIGINT.
+    Agent(AgentArgs),
+}
+
+/// `cachesync agent` (its roots, peers and schedules come from `--config`).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address to listen on for peers (default 127.0.0.1:7416).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 /// `cachesync mirror`.

@@ -28,6 +28,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Status(args) => status(args, settings).await,
         Command::Scan(args) => scan(args),
         Command::Replicate(args) => replicate(args, settings).await,
+        Command::Agent(_) => agent(settings).await,
     }
 }
 
@@ -49,19 +50,8 @@ async fn connect(settings: &Settings) -> anyhow::Result<Client> {
 
 /// How to reach a mirror: the `[client]` timeout, token and TLS files.
 fn connect_options(settings: &Settings) -> anyhow::Result<ConnectOptions> {
-    let c = &settings.client;
-    let token = match (c.token.as_str(), c.token_file.as_str()) {
-        ("", "") => None,
-        ("", file) => Some(std::fs::read_to_string(file).with_context(|| format!("reading the token file {file}"))?),
-        (token, _) => Some(token.to_string()),
-    };
-    let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
-    Ok(ConnectOptions {
-        timeout: settings.connect_timeout(),
-        token,
-        ca_file: path(&c.ca_file),
-        identity: path(&c.cert_file).zip(path(&c.key_file)),
-    })
+    ConnectOptions::from_settings(&settings.client)
+        .map_err(|(file, e)| anyhow::anyhow!("reading the token file {file}: {e}"))
 }
 
 /// Replication from `from` into the mirror's store, with the client settings.
@@ -81,6 +71,13 @@ async fn mirror(settings: Settings) -> anyhow::Result<()> {
         mirror = mirror.with_replication(replication_source(&settings, &settings.replicate.from)?, schedule);
     }
     mirror.run(shutdown).await?;
+    Ok(())
+}
+
+async fn agent(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signals().context("installing signal handlers")?;
+    let agent = crate::agent::Agent::bind(&settings).await?;
+    agent.run(shutdown).await?;
     Ok(())
 }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
+mod agent;
+pub use agent::{AgentConfig, AgentSettings, Direction, RootConfig, RootSettings};
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,8 @@ pub struct Settings {
     pub transfer: TransferSettings,
     /// The mirror's replication from another mirror.
     pub replicate: ReplicateSettings,
+    /// The agent process.
+    pub agent: AgentSettings,
 }
 
 /// Logging.
@@ -262,7 +266,8 @@ impl Settings {
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir is empty".into());
         }
-        self.replicate.schedule().map(|_| ())
+        self.replicate.schedule()?;
+        self.agent.resolve().map(|_| ())
     }
 
     fn validate_goproxy(&self) -> Result<(), ConfigError> {

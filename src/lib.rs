@@ -5,6 +5,7 @@
 //! blake3, rsync-style deltas for files that change in place. See `DESIGN.md`
 //! in the repository for the product and `README.md` for the commands.
 
+pub mod agent;
 pub mod auth;
 pub mod cli;
 mod codec;
@@ -26,3 +27,4 @@ pub mod schedule;
 mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod watch;

@@ -40,6 +40,7 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Pull(a) => add("client.mirror", &a.url.mirror),
         Command::Status(a) => add("client.mirror", &a.url.mirror),
         Command::Scan(_) => {}
+        Command::Agent(a) => add("agent.listen", &a.listen),
     }
     flags
 }
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_tracing(&settings, matches!(cli.command, Command::Mirror(_))) {
+    if let Err(e) = init_tracing(&settings, matches!(cli.command, Command::Mirror(_) | Command::Agent(_))) {
         eprintln!("cachesync: {e}");
         return ExitCode::from(2);
     }

@@ -159,6 +159,12 @@ impl Mirror {
         &self.metrics
     }
 
+    /// The snapshots committed from now on that changed their key (the agent
+    /// applies those of its roots' keys).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::store::SnapshotRecord> {
+        self.service.subscribe()
+    }
+
     /// Serves until `shutdown` is cancelled, then lets calls in flight finish.
     ///
     /// # Errors

@@ -57,39 +57,86 @@ struct Pending {
 ///
 /// [`ScanError::Io`] naming the path that could not be read.
 pub fn scan(root: &Path, profile: Profile, cache: &mut HashCache) -> Result<Scan, ScanError> {
+    let part = scan_part(root, "", true, profile, cache)?;
+    let mut fresh = HashCache::default();
+    for (path, key, hash) in part.fresh {
+        fresh.insert(path, key, hash);
+    }
+    *cache = fresh;
+    let mut entries = part.entries;
+    drop_links_through_unknown_entries(&mut entries);
+    let manifest = Manifest::new(entries)?;
+    let hashed_files = part.hashed_files;
+    debug!(root = %root.display(), entries = manifest.entries().len(), hashed_files, "scan finished");
+    Ok(Scan { manifest, hashed_files, hashed_bytes: part.hashed_bytes })
+}
+
+/// The entries at and under one path of a root, unsorted and unchecked.
+#[derive(Debug, Default)]
+pub(crate) struct Part {
+    /// Files (hashed), directories and symlinks found.
+    pub entries: Vec<Entry>,
+    /// Digests worth caching: files not modified in the last two seconds.
+    pub fresh: Vec<(String, FileKey, Hash)>,
+    /// Files read and hashed.
+    pub hashed_files: u64,
+    /// Bytes read and hashed.
+    pub hashed_bytes: u64,
+}
+
+/// Scans `sub` (a root-relative path, `""` for the whole root) of `root`:
+/// the entry at `sub` itself (unless it is the root), and with `recursive`
+/// everything under it. A `sub` that does not exist gives no entries. Paths
+/// are relative to `root`; `cache` is only read.
+///
+/// # Errors
+///
+/// [`ScanError::Io`] naming the path that could not be read.
+pub(crate) fn scan_part(
+    root: &Path,
+    sub: &str,
+    recursive: bool,
+    profile: Profile,
+    cache: &HashCache,
+) -> Result<Part, ScanError> {
     let started = SystemTime::now();
-    let (mut entries, pending) = walk(root, profile)?;
+    let (mut entries, pending) = match walk(root, sub, recursive, profile) {
+        Err(ScanError::Io { source, .. }) if !sub.is_empty() && source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Part::default());
+        }
+        other => other?,
+    };
     let results: Vec<Result<Option<(Pending, bool)>, ScanError>> =
         pending.into_par_iter().map(|p| hash_pending(root, p, cache)).collect();
-    let (mut hashed_files, mut hashed_bytes) = (0, 0);
-    let mut fresh = HashCache::default();
+    let mut part = Part::default();
     // A file modified in the last two seconds could change again within the
     // same mtime tick: never trust its cache entry next time.
     let racy = nanos(started.checked_sub(Duration::from_secs(2)).unwrap_or(UNIX_EPOCH));
     for result in results {
         let Some((p, was_hashed)) = result? else { continue };
         if was_hashed {
-            hashed_files += 1;
-            hashed_bytes += p.entry.size;
+            part.hashed_files += 1;
+            part.hashed_bytes += p.entry.size;
         }
         if p.key.mtime_ns < racy {
             let h = p.entry.file_hash().expect("pending entries are files");
-            fresh.insert(p.entry.path.clone(), p.key, h);
+            part.fresh.push((p.entry.path.clone(), p.key, h));
         }
         entries.push(p.entry);
     }
-    *cache = fresh;
-    drop_links_through_unknown_entries(&mut entries);
-    let manifest = Manifest::new(entries)?;
-    debug!(root = %root.display(), entries = manifest.entries().len(), hashed_files, "scan finished");
-    Ok(Scan { manifest, hashed_files, hashed_bytes })
+    part.entries = entries;
+    Ok(part)
 }
 
-fn walk(root: &Path, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), ScanError> {
+fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), ScanError> {
     let (mut entries, mut pending) = (Vec::new(), Vec::new());
-    let walker = walkdir::WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
+    let start = if sub.is_empty() { root.to_path_buf() } else { root.join(sub) };
+    let min_depth = usize::from(sub.is_empty());
+    let max_depth = if recursive { usize::MAX } else { min_depth };
+    let walker = walkdir::WalkDir::new(start).follow_links(false).follow_root_links(false);
+    let walker = walker.min_depth(min_depth).max_depth(max_depth).into_iter();
     let walker = walker.filter_entry(|e| match rel_path(root, e.path()) {
-        Some(rel) => !profile.skips(&rel),
+        Some(rel) => rel.is_empty() || !profile.skips(&rel),
         None => true,
     });
     for item in walker {
@@ -98,37 +145,45 @@ fn walk(root: &Path, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), Sca
             warn!(path = %item.path().display(), "skipping a name that is not UTF-8");
             continue;
         };
-        let meta = item.metadata().map_err(|e| walk_error(root, e))?;
-        let base = |content| Entry {
-            path: rel.clone(),
-            size: 0,
-            mode: meta.permissions().mode() & manifest::MODE_MASK,
-            mtime_ns: mtime_ns(&meta),
-            content,
-        };
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            entries.push(base(Content::Dir));
-        } else if ft.is_file() {
-            let key = FileKey { size: meta.len(), mtime_ns: base(Content::Dir).mtime_ns, ino: meta.ino() };
-            let mut entry = base(Content::File(Hash::from_bytes([0; 32])));
-            entry.size = meta.len();
-            pending.push(Pending { entry, key });
-        } else if ft.is_symlink() {
-            if let Some(entry) = symlink_entry(item.path(), &rel, base(Content::Dir)) {
-                entries.push(entry);
-            }
-        } else {
-            debug!(path = %rel, "skipping a special file");
+        if rel.is_empty() {
+            continue;
         }
+        let meta = item.metadata().map_err(|e| walk_error(root, e))?;
+        describe(item.path(), rel, &meta, &mut entries, &mut pending);
     }
     Ok((entries, pending))
+}
+
+/// What one walked path is: an entry now, or a file to hash.
+fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, entries: &mut Vec<Entry>, pending: &mut Vec<Pending>) {
+    let base = |content| Entry {
+        path: rel.clone(),
+        size: 0,
+        mode: meta.permissions().mode() & manifest::MODE_MASK,
+        mtime_ns: mtime_ns(meta),
+        content,
+    };
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        entries.push(base(Content::Dir));
+    } else if ft.is_file() {
+        let key = FileKey { size: meta.len(), mtime_ns: mtime_ns(meta), ino: meta.ino() };
+        let mut entry = base(Content::File(Hash::from_bytes([0; 32])));
+        entry.size = meta.len();
+        pending.push(Pending { entry, key });
+    } else if ft.is_symlink() {
+        if let Some(entry) = symlink_entry(path, &rel, base(Content::Dir)) {
+            entries.push(entry);
+        }
+    } else {
+        debug!(path = %rel, "skipping a special file");
+    }
 }
 
 /// A symlink whose target passes through a local link (or anything but a
 /// directory of the root) cannot be described safely: skip it, as the pull
 /// side would refuse it.
-fn drop_links_through_unknown_entries(entries: &mut Vec<Entry>) {
+pub(crate) fn drop_links_through_unknown_entries(entries: &mut Vec<Entry>) {
     let dirs: std::collections::HashSet<String> =
         entries.iter().filter(|e| e.content == Content::Dir).map(|e| e.path.clone()).collect();
     let dirs: std::collections::HashSet<&str> = dirs.iter().map(String::as_str).collect();

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use pull::{PullRequest, pull};
-pub use push::{PushRequest, push};
+pub use push::{PushRequest, push, push_manifest};
 
 use crate::delta::DeltaError;
 use crate::hash::Hash;

@@ -117,6 +117,27 @@ impl ConnectOptions {
     pub fn new(timeout: Duration) -> ConnectOptions {
         ConnectOptions { timeout, token: None, ca_file: None, identity: None }
     }
+
+    /// The options of the `[client]` section: the token (read from
+    /// `token_file` if that is the one given), CA and client certificate.
+    ///
+    /// # Errors
+    ///
+    /// The token file's I/O error, with its path.
+    pub fn from_settings(c: &crate::config::ClientSettings) -> Result<ConnectOptions, (String, std::io::Error)> {
+        let token = match (c.token.as_str(), c.token_file.as_str()) {
+            ("", "") => None,
+            ("", file) => Some(std::fs::read_to_string(file).map_err(|e| (file.to_string(), e))?),
+            (token, _) => Some(token.to_string()),
+        };
+        let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+        Ok(ConnectOptions {
+            timeout: Duration::from_millis(c.connect_timeout_ms),
+            token,
+            ca_file: path(&c.ca_file),
+            identity: path(&c.cert_file).zip(path(&c.key_file)),
+        })
+    }
 }
 
 /// The TLS settings for an `https://` URL; `None` for `http://`.

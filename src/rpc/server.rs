@@ -70,6 +70,8 @@ pub struct MirrorService {
     /// Commits buffer a whole manifest (up to 256 MiB): only a few at once.
     commits: std::sync::Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
+    /// Every commit that changed a key, for whoever subscribed (the agent).
+    committed: tokio::sync::broadcast::Sender<store::SnapshotRecord>,
 }
 
 /// Commits served at the same time; others wait their turn.
@@ -94,14 +96,24 @@ pub fn check_protocol(req: Request<()>) -> Result<Request<()>, Status> {
 impl MirrorService {
     /// A service over `store`.
     pub fn new(store: Store, options: ServiceOptions) -> Self {
-        let commits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS));
-        MirrorService { store, options, commits, metrics: Metrics::default() }
+        MirrorService {
+            store,
+            options,
+            commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
+            metrics: Metrics::default(),
+            committed: tokio::sync::broadcast::channel(64).0,
+        }
     }
 
     /// Counts what the service does in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The snapshots committed from now on that changed their key, as they land.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<store::SnapshotRecord> {
+        self.committed.subscribe()
     }
 
     /// The tonic service, behind the [`Gate`] (protocol check, tokens) and message bounds.
@@ -377,6 +389,9 @@ impl MirrorService {
             .map_err(ServerError::from)?;
         let s = &committed.snapshot;
         info!(key = %s.key, generation = s.generation, files = s.files, bytes = s.bytes, unchanged = committed.unchanged, "snapshot committed");
+        if !committed.unchanged {
+            let _ = self.committed.send(s.clone()); // nobody listening is fine
+        }
         Ok(Response::new(pb::CommitResponse {
             snapshot: Some(committed.snapshot.into()),
             unchanged: committed.unchanged,

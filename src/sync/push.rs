@@ -10,6 +10,7 @@ use super::{Base, Report, SyncError, SyncOptions, cache_path, load_base, save_ba
 use crate::delta;
 use crate::hash::Hash;
 use crate::hash::cache::HashCache;
+use crate::manifest::Manifest;
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::rpc::client::Client;
@@ -74,40 +75,93 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
         report.finish(client, started);
         return Ok(report);
     }
-    // Deltas are computed against the key's newest snapshot, or else against
-    // the snapshot this root was restored from (a fallback restore key).
-    let previous = match client.resolve(&req.key, &[]).await? {
-        Some(s) if s.manifest == report.manifest => {
-            report.generation = s.generation;
-            report.unchanged = true;
-            report.finish(client, started);
-            return Ok(report);
-        }
-        Some(s) => Some(client.manifest(s.manifest_id()?).await?),
-        None => match base.and_then(|b| Hash::from_hex(&b.manifest).ok()) {
-            Some(id) => client.manifest(id).await.ok(),
-            None => None,
-        },
-    };
-    let mut hashes: Vec<_> = local.entries().iter().filter_map(|e| e.file_hash()).collect();
-    hashes.sort_unstable();
-    hashes.dedup();
-    let missing = client.missing(&hashes).await?;
-    debug!(ms = started.elapsed().as_millis() as u64, missing = missing.len(), "push: asked what the mirror lacks");
-    let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile: req.profile };
-    let uploads = plan_push(&local, previous.as_ref(), &missing, popts);
-    (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
-    debug!(ms = started.elapsed().as_millis() as u64, "push: blobs sent");
+    let previous_hint = base.and_then(|b| Hash::from_hex(&b.manifest).ok());
     let restored_from = base_label.unwrap_or_default();
-    let (snapshot, unchanged) = client.commit(&req.key, &local, &req.profile.to_string(), &restored_from).await?;
-    report.generation = snapshot.generation;
-    report.unchanged = unchanged;
+    let Some(snapshot) = send(client, req, &local, previous_hint, &restored_from, opts, &mut report).await? else {
+        report.finish(client, started);
+        return Ok(report);
+    };
     let pushed =
         Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
     save_base(&opts.state_dir, &req.root, &pushed);
     report.finish(client, started);
     info!(key = %req.key, generation = report.generation, files = report.files, bytes_sent = report.bytes_sent, "push finished");
     Ok(report)
+}
+
+/// Pushes `local`, a manifest of `req.root` the caller prepared (the agent
+/// keeps one up to date from file events), without scanning the root or
+/// consulting its recorded base: only the receiver's newest snapshot of the
+/// key decides what is sent. Files that changed since `local` was made fail
+/// the push ([`SyncError::Client`]); nothing is committed then.
+///
+/// # Errors
+///
+/// Transport and receiver errors; the receiver's previous state is kept.
+pub async fn push_manifest(
+    client: &mut Client,
+    req: &PushRequest,
+    local: &Manifest,
+    opts: &SyncOptions,
+) -> Result<Report, SyncError> {
+    let started = Instant::now();
+    crate::store::check_key(&req.key)?;
+    let mut report = Report {
+        key: req.key.clone(),
+        files: local.file_count(),
+        bytes: local.total_bytes(),
+        manifest: local.id().to_hex(),
+        ..Report::default()
+    };
+    send(client, req, local, None, "", opts, &mut report).await?;
+    report.finish(client, started);
+    Ok(report)
+}
+
+/// Sends what the receiver lacks of `local` and commits it; `None` when the
+/// key's newest snapshot already is `local`. Deltas are computed against the
+/// key's newest snapshot, or else against `previous_hint` (the snapshot this
+/// root was restored from, under a fallback restore key).
+async fn send(
+    client: &mut Client,
+    req: &PushRequest,
+    local: &Manifest,
+    previous_hint: Option<Hash>,
+    restored_from: &str,
+    opts: &SyncOptions,
+    report: &mut Report,
+) -> Result<Option<crate::store::SnapshotRecord>, SyncError> {
+    let (previous, newest) = match client.resolve(&req.key, &[]).await? {
+        Some(s) if s.manifest == report.manifest => {
+            report.generation = s.generation;
+            report.unchanged = true;
+            return Ok(None);
+        }
+        Some(s) => (Some(client.manifest(s.manifest_id()?).await?), true),
+        None => match previous_hint {
+            Some(id) => (client.manifest(id).await.ok(), false),
+            None => (None, false),
+        },
+    };
+    // Blobs of the key's newest snapshot are on the receiver (its commit
+    // needed them all, and retention keeps them): ask only about the others.
+    let held: std::collections::HashSet<Hash> = match (&previous, newest) {
+        (Some(p), true) => p.entries().iter().filter_map(|e| e.file_hash()).collect(),
+        _ => Default::default(),
+    };
+    let mut hashes: Vec<_> =
+        local.entries().iter().filter_map(|e| e.file_hash()).filter(|h| !held.contains(h)).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    let missing = client.missing(&hashes).await?;
+    debug!(asked = hashes.len(), missing = missing.len(), "push: asked what the receiver lacks");
+    let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile: req.profile };
+    let uploads = plan_push(local, previous.as_ref(), &missing, popts);
+    (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
+    let (snapshot, unchanged) = client.commit(&req.key, local, &req.profile.to_string(), restored_from).await?;
+    report.generation = snapshot.generation;
+    report.unchanged = unchanged;
+    Ok(Some(snapshot))
 }
 
 /// Scans the root, reusing and refreshing its hash cache.

@@ -83,7 +83,7 @@ pub(crate) struct Proc {
 
 impl Proc {
     /// Runs `cachesync ARGS` with its hash cache under `state`.
-    fn start(state: &Path, args: &[&OsStr]) -> Proc {
+    pub(crate) fn start(state: &Path, args: &[&OsStr]) -> Proc {
         Proc::start_env(state, args, &[])
     }
 
@@ -103,7 +103,7 @@ impl Proc {
         Proc { what, child, stdout, stderr, readers: vec![out_reader, err_reader] }
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
@@ -146,6 +146,12 @@ impl Proc {
     pub(crate) async fn succeed(mut self) {
         let status = self.exit().await;
         assert!(status.success(), "{status}: {}", self.output());
+    }
+
+    /// Sends a signal (SIGTERM, SIGINT) to the process.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
     }
 
     fn drain(&mut self) {

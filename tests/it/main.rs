@@ -1,5 +1,6 @@
 //! The integration tests: real gRPC servers on 127.0.0.1, real files in temp dirs.
 
+mod agent;
 mod ci;
 mod cli;
 mod deltas;

@@ -27,5 +27,8 @@ fn units_verify_and_are_hardened() {
         assert!(out.status.success() && said.trim().is_empty(), "{}: {said}", path.display());
         checked += 1;
     }
-    assert!(checked >= 1);
+    assert!(checked >= 2, "the mirror's and the agent's units");
+    let agent =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/cachesync-agent.service")).unwrap();
+    assert!(agent.contains("cachesync agent --config"), "the agent unit runs the agent");
 }

@@ -1,0 +1,165 @@
+//! Where a root is pushed: a peer agent or the mirror, with what it is known
+//! to hold and when to try again after a failure.
+//!
+//! A destination that fails is retried with exponential backoff (1 s
+//! doubling up to 60 s, with jitter), logged at WARN once per outage and at
+//! INFO when it answers again. What it is known to hold only moves on a
+//! successful push, so nothing written meanwhile is lost: the next push
+//! after the outage sends the root as it is then.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::manifest::Manifest;
+use crate::rpc::client::{Client, ConnectOptions};
+use crate::sync::{self, PushRequest, Report, SyncError, SyncOptions};
+
+/// The first retry waits this long.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// No retry waits longer than this.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// The wait before retry number `failures` (1 for the first), scaled by
+/// `jitter` in 0..1 to between half and all of the full wait.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let full = BACKOFF_FIRST.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(BACKOFF_CAP);
+    full.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A number in 0..1 that differs between calls and processes.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One destination of one root.
+pub struct Dest {
+    /// Its URL.
+    pub url: String,
+    /// `peer` or `mirror`, for logs.
+    pub kind: &'static str,
+    client: Option<Client>,
+    /// The manifest (hex id) it is known to hold for the root's key.
+    pub known: Option<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The last error, while it lasts.
+    pub last_error: Option<String>,
+}
+
+impl Dest {
+    /// A destination known to hold `known`.
+    pub fn new(url: String, kind: &'static str, known: Option<String>) -> Dest {
+        Dest { url, kind, client: None, known, failures: 0, retry_at: None, last_error: None }
+    }
+
+    /// Not waiting for a retry at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// When the next retry is due, while failing.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// A connection, made on first use and after a failure.
+    ///
+    /// # Errors
+    ///
+    /// The connection's error.
+    pub async fn client(&mut self, opts: &ConnectOptions) -> Result<&mut Client, SyncError> {
+        if self.client.is_none() {
+            self.client = Some(Client::connect_with(&self.url, opts).await?);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Pushes `manifest` of `req.root`.
+    ///
+    /// # Errors
+    ///
+    /// The push's error (also recorded: backoff, WARN once per outage).
+    pub async fn push(
+        &mut self,
+        req: &PushRequest,
+        manifest: &Manifest,
+        opts: &SyncOptions,
+        connect: &ConnectOptions,
+    ) -> Result<Report, SyncError> {
+        let result = match self.client(connect).await {
+            Ok(client) => sync::push_manifest(client, req, manifest, opts).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => {
+                self.succeeded(&req.key, report.manifest.clone());
+                Ok(report)
+            }
+            Err(e) => {
+                self.failed(&req.key, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a success: what it holds now, and the end of an outage.
+    pub fn succeeded(&mut self, key: &str, manifest: String) {
+        if self.failures > 0 {
+            info!(dest = %self.url, kind = self.kind, key, failures = self.failures, "reachable again; caught up");
+        }
+        self.known = Some(manifest);
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+    }
+
+    /// Records a failure: the connection is dropped and the next try waits.
+    pub fn failed(&mut self, key: &str, error: &SyncError) {
+        self.client = None;
+        self.failures += 1;
+        let wait = backoff(self.failures, jitter());
+        self.retry_at = Some(Instant::now() + wait);
+        if self.failures == 1 {
+            warn!(dest = %self.url, kind = self.kind, key, error = %error, "push failed; retrying with backoff until it answers");
+        } else {
+            tracing::debug!(dest = %self.url, failures = self.failures, retry_in_ms = wait.as_millis() as u64, error = %error, "push failed again");
+        }
+        self.last_error = Some(error.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        assert_eq!(backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(2, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(4, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(50, 1.0), BACKOFF_CAP);
+        assert_eq!(backoff(3, 0.0), Duration::from_secs(2));
+        let j = jitter();
+        assert!((0.0..1.0).contains(&j));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_wait_and_success_clears() {
+        let mut d = Dest::new("http://127.0.0.1:1".into(), "peer", None);
+        assert!(d.due(Instant::now()));
+        d.failed("k", &SyncError::Miss("k".into()));
+        assert!(!d.due(Instant::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(d.due(Instant::now()));
+        d.failed("k", &SyncError::Miss("k".into()));
+        assert!(!d.due(Instant::now() + Duration::from_millis(900)));
+        d.succeeded("k", "abc".into());
+        assert!(d.due(Instant::now()) && d.last_error.is_none());
+        assert_eq!(d.known.as_deref(), Some("abc"));
+    }
+}

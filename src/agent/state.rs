@@ -1,0 +1,90 @@
+//! What an agent keeps about each root between runs, and reports about it.
+//!
+//! Under `<state_dir>/agent/<root name>/`: `state.json` (the manifest each
+//! destination is known to hold, the snapshot last applied) and
+//! `hashcache.bin` (digests by path, size, mtime and inode). Both are
+//! written atomically; an unreadable file counts as empty (the worst case
+//! is a push that finds nothing to send, or hashing again).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::cache::HashCache;
+
+/// The persisted state of one root.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RootState {
+    /// Destination URL → hex id of the manifest it holds for the root's key.
+    pub known: BTreeMap<String, String>,
+    /// Hex id of the snapshot last written to the root.
+    pub applied: Option<String>,
+    /// The digests (in their own file).
+    #[serde(skip)]
+    pub cache: HashCache,
+}
+
+fn dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("agent").join(name)
+}
+
+impl RootState {
+    /// Loads the state of root `name`; missing or unreadable parts are empty.
+    pub fn load(state_dir: &Path, name: &str) -> RootState {
+        let d = dir(state_dir, name);
+        let mut state: RootState =
+            std::fs::read(d.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        state.cache = HashCache::load(&d.join("hashcache.bin"));
+        state
+    }
+
+    /// Saves this state and `cache`, logging (not failing) on errors.
+    pub fn save(&self, state_dir: &Path, name: &str, cache: &HashCache) {
+        let d = dir(state_dir, name);
+        let json = d.join("state.json");
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&d)?;
+            let tmp = json.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("states serialize"))?;
+            std::fs::rename(&tmp, &json)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %json.display(), error = %e, "could not save the agent's state");
+        }
+        if let Err((path, e)) = cache.save(&d.join("hashcache.bin")) {
+            tracing::warn!(path = %path.display(), error = %e, "could not save the hash cache; the next start hashes again");
+        }
+    }
+}
+
+/// How a root is doing, for `cachesync status --agent`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RootStatus {
+    /// The root's name.
+    pub name: String,
+    /// Its key.
+    pub key: String,
+    /// Its directory.
+    pub path: String,
+    /// Files in its index.
+    pub files: u64,
+    /// When a cycle last ended without error (Unix ms; 0: never).
+    pub last_success_unix_ms: i64,
+    /// The last cycle's error, if it failed.
+    pub last_error: Option<String>,
+    /// Pushes that landed since the start.
+    pub pushes: u64,
+}
+
+impl RootStatus {
+    /// Records a cycle that ended without error.
+    pub fn succeeded(&mut self, pushed: u64) {
+        self.last_success_unix_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        self.last_error = None;
+        self.pushes += pushed;
+    }
+}
