@@ -144,6 +144,21 @@ impl Report {
     }
 }
 
+/// Makes what earlier pulls wrote into `root` durable (one `syncfs`, only if
+/// a pull left a marker in this boot); pushes call it first, and an agent
+/// after applying a snapshot. See the `durability` module.
+///
+/// # Errors
+///
+/// [`SyncError::Unsynced`] when the machine restarted after such a pull; the
+/// I/O error of `syncfs`.
+pub async fn make_durable(state_dir: &Path, root: &Path) -> Result<(), SyncError> {
+    let (state_dir, root) = (state_dir.to_path_buf(), root.to_path_buf());
+    tokio::task::spawn_blocking(move || durability::settle_before_push(&state_dir, &root))
+        .await
+        .expect("settle task panicked")
+}
+
 /// Names a root's state files. The absolute path is taken lexically, so the
 /// name is the same before a pull creates the root and after.
 fn root_id(root: &Path) -> String {

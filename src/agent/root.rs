@@ -334,6 +334,9 @@ impl RootTask {
             return Ok(None);
         }
         let report = sync::pull(client, &PullRequest::new(&self.cfg.path, &self.cfg.key), &opts).await?;
+        // An agent is not waiting on its pulls as a CI job is: sync now, so a
+        // restart cannot leave this root refused for pushes.
+        sync::make_durable(&opts.state_dir, &self.cfg.path).await?;
         let id = match crate::hash::Hash::from_hex(&report.manifest) {
             Ok(id) => id,
             Err(_) => snapshot.manifest_id()?,

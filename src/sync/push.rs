@@ -51,10 +51,7 @@ impl PushRequest {
 pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
     req.validate()?;
-    let (state_dir, root) = (opts.state_dir.clone(), req.root.clone());
-    tokio::task::spawn_blocking(move || super::durability::settle_before_push(&state_dir, &root))
-        .await
-        .expect("settle task panicked")?;
+    super::make_durable(&opts.state_dir, &req.root).await?;
     let scanned = scan_root(req, opts).await?;
     let local = scanned.manifest;
     debug!(ms = started.elapsed().as_millis() as u64, hashed = scanned.hashed_files, "push: scanned");
@@ -106,6 +103,7 @@ pub async fn push_manifest(
 ) -> Result<Report, SyncError> {
     let started = Instant::now();
     crate::store::check_key(&req.key)?;
+    super::make_durable(&opts.state_dir, &req.root).await?;
     let mut report = Report {
         key: req.key.clone(),
         files: local.file_count(),
