@@ -35,6 +35,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Hash a directory and print its manifest summary (no network).
     Scan(ScanArgs),
+    /// Check a Go module cache: complete module versions, zip hashes, go.sum (no network).
+    Verify(VerifyArgs),
 }
 
 /// `cachesync mirror`.
@@ -65,7 +67,7 @@ pub struct PushArgs {
     /// The key to commit under, e.g. gomod/linux-amd64/main.
     #[arg(long)]
     pub key: String,
-    /// What the directory is: generic, go-mod, go-build.
+    /// What the directory is: generic, go-mod, go-mod-trees, go-build.
     #[arg(long, default_value = "generic")]
     pub profile: String,
     /// Print one JSON object instead of a sentence.
@@ -87,9 +89,14 @@ pub struct PullArgs {
     /// Key prefixes to fall back to, in order, newest snapshot first.
     #[arg(long = "restore-key", value_name = "PREFIX")]
     pub restore_keys: Vec<String>,
-    /// Remove local files the snapshot does not have.
-    #[arg(long)]
+    /// Remove local files the snapshot does not have (only what the
+    /// snapshot's profile syncs: never extracted module trees under go-mod).
+    #[arg(long, conflicts_with = "go_sum")]
     pub delete: bool,
+    /// go-mod snapshots: restore only the module versions this go.sum names,
+    /// and their list files (repeatable).
+    #[arg(long = "go-sum", value_name = "FILE")]
+    pub go_sum: Vec<PathBuf>,
     /// Restore only snapshots written by this token (repeatable): a release
     /// job never restores what a pull-request job wrote.
     #[arg(long = "trusted-writer", value_name = "NAME")]
@@ -118,10 +125,26 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `cachesync verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// What the directory is: go-mod (or go-mod-trees).
+    #[arg(long, default_value = "go-mod")]
+    pub profile: String,
+    /// Also compare with the hashes of this go.sum (repeatable).
+    #[arg(long = "go-sum", value_name = "FILE")]
+    pub go_sum: Vec<PathBuf>,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The module cache (GOMODCACHE, $GOPATH/pkg/mod).
+    pub dir: PathBuf,
+}
+
 /// `cachesync scan`.
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// What the directory is: generic, go-mod, go-build.
+    /// What the directory is: generic, go-mod, go-mod-trees, go-build.
     #[arg(long, default_value = "generic")]
     pub profile: String,
     /// Print JSON.

@@ -26,7 +26,7 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),
         Command::Status(a) => add("client.mirror", &a.url.mirror),
-        Command::Scan(_) => {}
+        Command::Scan(_) | Command::Verify(_) => {}
     }
     flags
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use pull::{PullRequest, pull};
+pub use pull::{PullRequest, pull, pull_go_sum};
 pub use push::{PushRequest, push};
 
 use crate::delta::DeltaError;
@@ -80,6 +80,9 @@ pub enum SyncError {
     /// The root given is not a directory.
     #[error("{}: not a directory", .0.display())]
     NotADirectory(PathBuf),
+    /// A restore from go.sum files that cannot be done.
+    #[error("{0}")]
+    GoSum(String),
     /// The key has no snapshot and no restore key matched.
     #[error("no snapshot for key {0:?} (nor for any restore key)")]
     Miss(String),
@@ -120,6 +123,10 @@ pub struct Report {
     pub unchanged: bool,
     /// Wall time.
     pub duration_ms: u64,
+    /// Pull from go.sum files: what they name that the snapshot lacks
+    /// (`module@version`, or `module@version/go.mod`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 impl Report {

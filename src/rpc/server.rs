@@ -4,6 +4,8 @@
 //! streams are received and sent on the blocking pool through [`frames`].
 //! Errors become statuses only through [`ServerError`].
 
+mod gomod;
+
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -68,6 +70,8 @@ pub struct MirrorService {
     options: ServiceOptions,
     /// Commits buffer a whole manifest (up to 256 MiB): only a few at once.
     commits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Zip hashes of go-mod snapshots already verified.
+    zip_hashes: std::sync::Arc<gomod::ZipHashes>,
 }
 
 /// Commits served at the same time; others wait their turn.
@@ -92,7 +96,12 @@ pub fn check_protocol(req: Request<()>) -> Result<Request<()>, Status> {
 impl MirrorService {
     /// A service over `store`.
     pub fn new(store: Store, options: ServiceOptions) -> Self {
-        MirrorService { store, options, commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)) }
+        MirrorService {
+            store,
+            options,
+            commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
+            zip_hashes: Default::default(),
+        }
     }
 
     /// The tonic service, behind the [`Gate`] (protocol check, tokens) and message bounds.
@@ -321,6 +330,9 @@ impl CacheSync for MirrorService {
                 missing[0]
             ))
             .into());
+        }
+        if header.profile.parse::<crate::profile::Profile>().is_ok_and(|p| p.is_go_mod()) {
+            gomod::check(&self.store, &manifest, &self.zip_hashes).await?;
         }
         self.store.put_manifest(&id, Bytes::from(bytes)).await.map_err(ServerError::from)?;
         let committed = self
