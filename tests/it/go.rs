@@ -260,3 +260,49 @@ async fn a_partial_restore_brings_only_what_go_sum_names() {
     b.go(&app_b, &["mod", "verify"]);
     unlock(t.path());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_mod_trees_restores_over_read_only_trees_and_skips_half_extracted_ones() {
+    let t = tempfile::tempdir().unwrap();
+    let proxy = t.path().join("proxy");
+    make_proxy(&proxy);
+    let (a, app) = fill_node_a(t.path(), &proxy);
+    // Go is extracting util on A right now: its tree must not travel.
+    std::fs::write(a.modcache.join("cache/download/example.com/util/@v/v0.2.0.partial"), b"").unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let push = PushRequest { root: a.modcache.clone(), key: "gomod/trees".into(), profile: Profile::GoModTrees };
+    sync::push(&mut connect(&mirror.url).await, &push, &options(&t.path().join("a/state"))).await.unwrap();
+
+    // B already has a module cache that Go filled itself: read-only trees.
+    let b = Node::new(&t.path().join("b"), &format!("file://{}", proxy.display()));
+    let app_b = t.path().join("b/app");
+    make_app(&app_b);
+    std::fs::copy(app.join("go.sum"), app_b.join("go.sum")).unwrap();
+    b.go(&app_b, &["build", "-o", "app-bin", "."]);
+    let greet = b.modcache.join("example.com/!greet@v1.0.0");
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
+    assert_eq!(mode(&greet), 0o555, "Go's trees are read-only");
+
+    let req = PullRequest::new(&b.modcache, "gomod/trees");
+    let report = sync::pull(&mut connect(&mirror.url).await, &req, &options(&t.path().join("b/state"))).await.unwrap();
+    assert!(report.files > 0);
+    assert_eq!(mode(&greet), 0o555, "still read-only after the restore");
+    assert!(greet.join("greet.go").exists());
+
+    let b_off = Node::new(&t.path().join("b"), "off");
+    b_off.go(&app_b, &["build", "-o", "app-bin", "."]);
+    b_off.go(&app_b, &["mod", "verify"]);
+
+    // An empty node C gets the trees A had finished extracting, not util's.
+    let c = t.path().join("c/mod");
+    sync::pull(
+        &mut connect(&mirror.url).await,
+        &PullRequest::new(&c, "gomod/trees"),
+        &options(&t.path().join("c/state")),
+    )
+    .await
+    .unwrap();
+    assert!(c.join("example.com/!greet@v1.0.0/greet.go").exists());
+    assert!(!c.join("example.com/util@v0.2.0").exists(), "a half-extracted tree never travels");
+    unlock(t.path());
+}

@@ -7,7 +7,8 @@
 //!   small, and it lets a node check new `go.sum` lines without asking
 //!   sum.golang.org). Not the extracted module trees, which Go re-creates from
 //!   the zips on first use, nor `cache/vcs` (clones for direct fetches).
-//!   `go-mod-trees` adds the extracted trees.
+//!   `go-mod-trees` adds the extracted trees, except those Go is still
+//!   extracting (its `.partial` marker exists): a push leaves them out.
 //! - Build cache (`GOCACHE`). Only the 256 two-hex-digit directories of
 //!   content-addressed entries and the static `README` travel. `trim.txt`
 //!   records when *this* machine last trimmed its cache: carried, it would
@@ -49,6 +50,17 @@ pub fn go_mod_skips(path: &str, trees: bool) -> bool {
 pub fn go_mod_immutable(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     !(name == "list" || path.starts_with("cache/download/sumdb/"))
+}
+
+/// For an extracted module tree (`example.com/!x@v1.0.0`, escaped as on
+/// disk), Go's marker that it is still being extracted
+/// (`cache/download/example.com/!x/@v/v1.0.0.partial`); `None` for other paths.
+pub fn partial_marker(tree: &str) -> Option<String> {
+    let (module, version) = tree.rsplit_once('@')?;
+    if module.contains('@') || version.contains('/') || module.is_empty() || version.is_empty() {
+        return None;
+    }
+    Some(format!("{}/{module}/@v/{version}.partial", super::DOWNLOAD_DIR))
 }
 
 fn is_entry_dir(name: &str) -> bool {
@@ -99,6 +111,12 @@ mod tests {
         assert!(!go_mod_skips("github.com/x/y@v1.0.0/go.mod", true));
         assert!(go_mod_skips("github.com/x/y@v1.0.0.tmp-8812", true));
         assert!(go_mod_skips("cache/vcs/abc", true));
+        assert_eq!(
+            partial_marker("github.com/!x/y@v1.0.0").as_deref(),
+            Some("cache/download/github.com/!x/y/@v/v1.0.0.partial")
+        );
+        assert_eq!(partial_marker("github.com/x/y@v1.0.0/sub@x"), None);
+        assert_eq!(partial_marker("github.com/x"), None);
     }
 
     #[test]
