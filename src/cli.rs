@@ -37,6 +37,9 @@ pub enum Command {
     Scan(ScanArgs),
     /// Check a Go module cache: complete module versions, zip hashes, go.sum (no network).
     Verify(VerifyArgs),
+    /// Remove what is no longer used: old module versions and build-cache
+    /// entries on a node, old snapshots and unreferenced blobs in a store.
+    Gc(GcArgs),
 }
 
 /// `cachesync mirror`.
@@ -139,6 +142,40 @@ pub struct VerifyArgs {
     pub json: bool,
     /// The module cache (GOMODCACHE, $GOPATH/pkg/mod).
     pub dir: PathBuf,
+}
+
+/// `cachesync gc`: on a node (`--profile P DIR`) or on a mirror's store (`--store DIR`).
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Node: what DIR is, go-mod (or go-mod-trees) or go-build.
+    #[arg(long, requires = "dir", conflicts_with = "store")]
+    pub profile: Option<String>,
+    /// Node: remove what was not used for this long (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    /// Node: then remove the least recently used until the cache fits (e.g. 10GiB, 500MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Node: never remove what this go.sum needs (repeatable; go-mod).
+    #[arg(long = "keep-go-sum", value_name = "FILE")]
+    pub keep_go_sum: Vec<PathBuf>,
+    /// Mirror: the store directory to clean (default: mirror.store).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub store: Option<String>,
+    /// Mirror: keep the newest N snapshots of each key.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u64>,
+    /// Mirror: drop snapshots older than this (e.g. 90d); a key's newest always stays.
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// List what would be removed and the bytes freed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Node: the cache directory.
+    pub dir: Option<PathBuf>,
 }
 
 /// `cachesync scan`.

@@ -28,6 +28,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Status(args) => status(args, settings).await,
         Command::Scan(args) => scan(args),
         Command::Verify(args) => go::verify(args).await,
+        Command::Gc(args) => go::gc(args, settings).await,
     }
 }
 

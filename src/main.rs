@@ -26,6 +26,7 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),
         Command::Status(a) => add("client.mirror", &a.url.mirror),
+        Command::Gc(a) => add("mirror.store", &a.store.clone().filter(|s| !s.is_empty())),
         Command::Scan(_) | Command::Verify(_) => {}
     }
     flags

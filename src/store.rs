@@ -15,6 +15,7 @@
 //! durable by one `syncfs` before the snapshot that names them is committed,
 //! instead of one fsync per blob. This module knows nothing about gRPC.
 
+mod gc;
 mod keys;
 mod snapshots;
 
@@ -29,6 +30,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+pub use gc::{Retention, Swept};
 pub use keys::{check_key, check_prefix};
 pub use snapshots::{Committed, NewSnapshot};
 

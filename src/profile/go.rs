@@ -270,6 +270,7 @@ mod tests {
 }
 
 pub mod dirhash;
+pub mod gc;
 pub mod gosum;
 pub mod rules;
 pub mod select;

@@ -3,6 +3,7 @@
 mod ci;
 mod cli;
 mod deltas;
+mod gc;
 mod go;
 mod helpers;
 mod hostile;
