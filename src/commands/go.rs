@@ -44,39 +44,49 @@ pub(super) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 
 /// `cachesync gc`: on a node's cache (`--profile P DIR`) or a store (`--store`).
 pub(super) async fn gc(args: GcArgs, settings: Settings) -> anyhow::Result<()> {
-    let duration = |d: &Option<String>| d.as_deref().map(crate::schedule::parse_duration).transpose();
-    if args.profile.is_none() {
-        anyhow::ensure!(
-            args.store.is_some(),
-            "gc needs --profile P DIR (a node's cache) or --store [DIR] (a mirror's store)"
-        );
-        let keep_last = args.keep_last;
-        anyhow::ensure!(
-            keep_last != Some(0),
-            "--keep-last 0 would drop every snapshot: a key keeps at least its newest"
-        );
-        let policy = Retention { keep_last, max_age: duration(&args.max_age)?, grace: GRACE, dry_run: args.dry_run };
-        let store = Store::open(&settings.mirror.store)?;
-        let swept = store.sweep(&policy).await?;
-        if args.json {
-            println!("{}", serde_json::to_string(&swept)?);
-        } else {
-            let verb = if args.dry_run { "would drop" } else { "dropped" };
-            for s in &swept.snapshots {
-                println!("{verb} snapshot {s}");
-            }
-            println!(
-                "{}: {verb} {} snapshots ({} kept), {} manifests and {} blobs, freeing {}",
-                settings.mirror.store,
-                swept.snapshots.len(),
-                swept.snapshots_kept,
-                swept.manifests,
-                swept.blobs,
-                super::human(swept.bytes_freed)
-            );
-        }
+    match args.profile {
+        Some(_) => node_gc(args).await,
+        None => store_gc(args, settings).await,
+    }
+}
+
+fn duration(d: &Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
+    Ok(d.as_deref().map(crate::schedule::parse_duration).transpose()?)
+}
+
+/// Retention on a mirror's store.
+async fn store_gc(args: GcArgs, settings: Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.store.is_some(),
+        "gc needs --profile P DIR (a node's cache) or --store [DIR] (a mirror's store)"
+    );
+    let keep_last = args.keep_last;
+    anyhow::ensure!(keep_last != Some(0), "--keep-last 0 would drop every snapshot: a key keeps at least its newest");
+    let policy = Retention { keep_last, max_age: duration(&args.max_age)?, grace: GRACE, dry_run: args.dry_run };
+    let store = Store::open(&settings.mirror.store)?;
+    let swept = store.sweep(&policy).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&swept)?);
         return Ok(());
     }
+    let verb = if args.dry_run { "would drop" } else { "dropped" };
+    for s in &swept.snapshots {
+        println!("{verb} snapshot {s}");
+    }
+    println!(
+        "{}: {verb} {} snapshots ({} kept), {} manifests and {} blobs, freeing {}",
+        settings.mirror.store,
+        swept.snapshots.len(),
+        swept.snapshots_kept,
+        swept.manifests,
+        swept.blobs,
+        super::human(swept.bytes_freed)
+    );
+    Ok(())
+}
+
+/// Old or surplus module versions and build-cache entries on a node.
+async fn node_gc(args: GcArgs) -> anyhow::Result<()> {
     let profile: Profile = args.profile.as_deref().unwrap_or_default().parse()?;
     let dir = args.dir.clone().context("gc --profile needs the cache directory")?;
     anyhow::ensure!(dir.is_dir(), "{}: not a directory", dir.display());

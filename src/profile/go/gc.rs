@@ -252,7 +252,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "GB" => 1e9,
         "TB" => 1e12,
         _ => {
-            return Err(format!("invalid size {text:?}: unknown unit {unit:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"));
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {unit:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
         }
     };
     Ok((n * factor) as u64)
