@@ -254,7 +254,7 @@ def measure(args, tree: Path, work: Path):
     t0 = median(r[0] for r in tar)
     for label, rows, mcpu in (("tar + unzstd, local archive, no sync", tar, "–"),
                               ("tar + unzstd, then `sync -f` (durable)", tar_sync, "–"),
-                              ("cachesync pull, mirror on loopback (ends with syncfs)", pull, f"{median(mirror_cpu):.2f}")):
+                              ("cachesync pull, mirror on loopback", pull, f"{median(mirror_cpu):.2f}")):
         print(f"| {label} | {median(r[0] for r in rows):.2f} | {median(r[1] for r in rows):.2f} | {mcpu} | "
               f"{median(r[2] for r in rows):.0f} | {median(r[3] for r in rows) / MiB:.1f} MiB | "
               f"{median(r[0] for r in rows) / t0:.2f} |")

@@ -51,6 +51,15 @@ pub struct MirrorArgs {
     /// Store directory (default ~/.local/share/cachesync/store).
     #[arg(long, value_name = "DIR")]
     pub store: Option<String>,
+    /// Also serve the go-mod snapshots as a Go module proxy (HTTP) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub goproxy_listen: Option<String>,
+    /// Mount the Go module proxy under this path, e.g. /go (default: the root).
+    #[arg(long, value_name = "PATH")]
+    pub goproxy_prefix: Option<String>,
+    /// Serve only the go-mod snapshots of keys starting with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub goproxy_keys: Option<String>,
 }
 
 /// Flags of commands that talk to a mirror.

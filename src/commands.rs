@@ -159,7 +159,7 @@ async fn status(args: StatusArgs, settings: Settings) -> anyhow::Result<()> {
     }
     for s in list {
         let from = if s.base.is_empty() { String::new() } else { format!(" from {}", s.base) };
-        let when = humantime_ms(s.created_unix_ms);
+        let when = crate::schedule::iso_utc(s.created_unix_ms);
         println!(
             "{}#{}  {} files  {}  profile {}  written by {}{from} at {when}  manifest {}",
             s.key,
@@ -209,31 +209,4 @@ fn human(n: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
-/// A Unix time in milliseconds as an ISO-8601 UTC date and time.
-fn humantime_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn times_print_as_utc() {
-        assert_eq!(super::humantime_ms(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::humantime_ms(1_763_683_200_123), "2025-11-21T00:00:00Z");
-        assert_eq!(super::humantime_ms(951_782_400_000), "2000-02-29T00:00:00Z");
-    }
 }

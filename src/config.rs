@@ -63,6 +63,12 @@ pub struct MirrorSettings {
     pub tls_key: String,
     /// CA (PEM) that client certificates must chain to: mutual TLS, required.
     pub tls_client_ca: String,
+    /// Address of the Go module proxy endpoint (HTTP); empty: none.
+    pub goproxy_listen: String,
+    /// The path the Go module proxy is mounted under (`/go`); empty: the root.
+    pub goproxy_prefix: String,
+    /// The Go module proxy serves only keys starting with this; empty: all.
+    pub goproxy_keys: String,
 }
 
 /// Commands that talk to a mirror.
@@ -127,6 +133,9 @@ impl Default for MirrorSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            goproxy_listen: String::new(),
+            goproxy_prefix: String::new(),
+            goproxy_keys: String::new(),
         }
     }
 }
@@ -181,6 +190,7 @@ impl Settings {
         if !(0..=19).contains(&self.transfer.compression_level) {
             return bad(format!("transfer.compression_level = {}: expected 0 to 19", self.transfer.compression_level));
         }
+        self.validate_goproxy()?;
         if self.transfer.delta_min_size < 4096 {
             return bad(format!("transfer.delta_min_size = {}: expected at least 4096", self.transfer.delta_min_size));
         }
@@ -195,6 +205,33 @@ impl Settings {
         }
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir is empty".into());
+        }
+        Ok(())
+    }
+
+    fn validate_goproxy(&self) -> Result<(), ConfigError> {
+        let m = &self.mirror;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !m.goproxy_listen.is_empty() && m.goproxy_listen.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "mirror.goproxy_listen = {:?}: expected an address like 127.0.0.1:7416",
+                m.goproxy_listen
+            ));
+        }
+        let prefix = &m.goproxy_prefix;
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        };
+        if !prefix.is_empty() && !prefix.strip_prefix('/').is_some_and(|p| p.split('/').all(segment_ok)) {
+            return bad(format!(
+                "mirror.goproxy_prefix = {prefix:?}: expected empty or a path like /go (no trailing /)"
+            ));
+        }
+        if let Err(e) = crate::store::check_prefix(&m.goproxy_keys) {
+            return bad(format!("mirror.goproxy_keys: {e}"));
         }
         Ok(())
     }
@@ -285,5 +322,27 @@ mod tests {
         let e = load(None, env(&[]), &[("mirror.listen", "nowhere".into())]).unwrap_err().to_string();
         assert!(e.contains("mirror.listen"), "{e}");
         assert!(load(Some(Path::new("/nonexistent.toml")), env(&[]), &[]).is_err());
+    }
+
+    #[test]
+    fn goproxy_settings_are_checked() {
+        let ok = [
+            ("mirror.goproxy_listen", "127.0.0.1:0"),
+            ("mirror.goproxy_prefix", "/go/proxy"),
+            ("mirror.goproxy_keys", "gomod/"),
+        ];
+        let flags: Vec<_> = ok.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(load(None, env(&[]), &flags).unwrap().mirror.goproxy_prefix, "/go/proxy");
+        for (key, value) in [
+            ("mirror.goproxy_listen", "nowhere"),
+            ("mirror.goproxy_prefix", "go"),
+            ("mirror.goproxy_prefix", "/go/"),
+            ("mirror.goproxy_prefix", "/a/../b"),
+            ("mirror.goproxy_prefix", "/a b"),
+            ("mirror.goproxy_keys", "../x"),
+        ] {
+            let e = load(None, env(&[]), &[(key, value.into())]).unwrap_err().to_string();
+            assert!(e.contains(key), "{key} = {value}: {e}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Small file-system helpers shared by the store and the tree writer.
+//! Small Linux file-system helpers shared by the store and the tree writer:
+//! `syncfs`, unnamed files (`O_TMPFILE`) and the boot id.
 
 use std::io;
 use std::path::Path;
@@ -14,4 +15,41 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
     // SAFETY: `dir` is an open descriptor for the duration of the call.
     let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Creates an unnamed file in directory `dir` (`O_TMPFILE`): it has no name
+/// until [`link_unnamed`] gives it one, and vanishes if the process dies first.
+///
+/// # Errors
+///
+/// The I/O error of the call; `EOPNOTSUPP`/`EISDIR`/`EINVAL` where the file
+/// system or kernel lacks `O_TMPFILE`.
+pub fn create_unnamed(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).mode(0o600).open(dir)
+}
+
+/// Gives an unnamed file from [`create_unnamed`] the name `dest`, atomically,
+/// failing with `AlreadyExists` if `dest` exists (`linkat` through
+/// `/proc/self/fd`, which needs no privilege).
+///
+/// # Errors
+///
+/// The I/O error of the call.
+pub fn link_unnamed(file: &std::fs::File, dest: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(io::Error::other)?;
+    let to = std::ffi::CString::new(dest.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; `file` keeps the descriptor open.
+    let rc =
+        unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// This boot's identity (`/proc/sys/kernel/random/boot_id`): a different one
+/// means the machine restarted, and whatever the page cache held may be lost.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|id| !id.is_empty())
 }

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod delta;
 mod fsutil;
+pub mod goproxy;
 pub mod hash;
 pub mod manifest;
 pub mod mirror;

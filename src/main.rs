@@ -22,6 +22,9 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Mirror(m) => {
             add("mirror.listen", &m.listen);
             add("mirror.store", &m.store);
+            add("mirror.goproxy_listen", &m.goproxy_listen);
+            add("mirror.goproxy_prefix", &m.goproxy_prefix);
+            add("mirror.goproxy_keys", &m.goproxy_keys);
         }
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),

@@ -1,4 +1,5 @@
-//! The mirror process: the gRPC service over a store, until shutdown.
+//! The mirror process: the gRPC service over a store (and the Go module
+//! proxy endpoint, when configured), until shutdown.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::auth::{Auth, AuthError};
 
 use crate::config::{MirrorSettings, TransferSettings};
+use crate::goproxy::{GoProxy, GoproxyOptions};
 use crate::rpc::server::{MirrorService, ServiceOptions};
 use crate::store::{Store, StoreError};
 
@@ -49,6 +51,9 @@ pub enum MirrorError {
     /// The server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The Go module proxy's server failed.
+    #[error("goproxy server: {0}")]
+    Goproxy(#[source] std::io::Error),
 }
 
 /// A mirror bound to its address.
@@ -57,6 +62,7 @@ pub struct Mirror {
     service: MirrorService,
     auth: Auth,
     tls: Option<ServerTlsConfig>,
+    goproxy: Option<GoProxy>,
 }
 
 /// TLS from the settings' PEM files: a certificate and key, and for mutual
@@ -95,7 +101,21 @@ impl Mirror {
             path => Auth::load(Path::new(path))?,
         };
         let tls = tls_config(settings)?;
-        Ok(Mirror { listener, service: MirrorService::new(store, options), auth, tls })
+        let goproxy = match settings.goproxy_listen.as_str() {
+            "" => None,
+            addr => {
+                let options =
+                    GoproxyOptions { prefix: settings.goproxy_prefix.clone(), keys: settings.goproxy_keys.clone() };
+                let bound = GoProxy::bind(addr, options, store.clone(), auth.clone()).await;
+                Some(bound.map_err(|source| MirrorError::Bind { addr: format!("{addr} (goproxy)"), source })?)
+            }
+        };
+        Ok(Mirror { listener, service: MirrorService::new(store, options), auth, tls, goproxy })
+    }
+
+    /// The address the Go module proxy endpoint bound, if it has one.
+    pub fn goproxy_addr(&self) -> Option<SocketAddr> {
+        self.goproxy.as_ref().and_then(|g| g.local_addr().ok())
     }
 
     /// The address actually bound (useful with port 0).
@@ -119,6 +139,7 @@ impl Mirror {
         let hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
         let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
+        let goproxy = self.goproxy.map(|g| tokio::spawn(g.run(shutdown.clone())));
         info!(%addr, tokens = self.auth.is_enforced(), tls = self.tls.is_some(), "mirror listening");
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
@@ -132,6 +153,9 @@ impl Mirror {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
             .await?;
         reloader.abort();
+        if let Some(goproxy) = goproxy {
+            goproxy.await.expect("goproxy task panicked").map_err(MirrorError::Goproxy)?;
+        }
         info!("mirror stopped");
         Ok(())
     }

@@ -255,6 +255,15 @@ fn parse_field(field: &str, min: u64, max: u64, name_base: u64, names: &[&str]) 
     Ok(mask)
 }
 
+/// A Unix time in milliseconds as an ISO-8601 UTC date and time
+/// (`2026-11-21T02:00:00Z`).
+pub fn iso_utc(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic Gregorian
 /// (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u64, u64) {
@@ -321,6 +330,13 @@ mod tests {
         // Both day fields restricted: either matches (the 1st, or a Monday).
         assert_eq!(next("0 0 1 * 1", utc(2026, 11, 21, 0, 0)), utc(2026, 11, 23, 0, 0));
         assert_eq!(next("0 0 29 2 *", utc(2026, 11, 21, 0, 0)), utc(2028, 2, 29, 0, 0));
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(1_763_683_200_123), "2025-11-21T00:00:00Z");
+        assert_eq!(iso_utc(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 mod gc;
 mod keys;
+mod read;
 mod snapshots;
 
 use std::path::{Path, PathBuf};

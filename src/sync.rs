@@ -4,6 +4,7 @@
 //! drive a [`Client`] through a plan. Reports carry what a person or a
 //! script wants to know afterwards, bytes on the wire included.
 
+mod durability;
 pub mod plan;
 mod pull;
 mod push;
@@ -30,7 +31,8 @@ pub struct SyncOptions {
     pub delta_min_size: u64,
     /// zstd level for content sent (0: off).
     pub compression_level: i32,
-    /// fsync every pulled file, then syncfs (off: one syncfs at the end).
+    /// fsync every pulled file, then syncfs, before a pull returns (off: no
+    /// wait for the disk; see the `durability` module).
     pub fsync: bool,
     /// Where hash caches live.
     pub state_dir: PathBuf,
@@ -83,6 +85,18 @@ pub enum SyncError {
     /// A restore from go.sum files that cannot be done.
     #[error("{0}")]
     GoSum(String),
+    /// An earlier pull into the root may not have reached the disk before
+    /// the machine restarted.
+    #[error(
+        "{}: the machine restarted before the pull of {} reached the disk, so files may be incomplete; pull again (it re-checks every file) before pushing",
+        root.display(), crate::schedule::iso_utc(*pulled_at as i64 * 1000)
+    )]
+    Unsynced {
+        /// The root.
+        root: PathBuf,
+        /// When that pull started, seconds since the epoch.
+        pulled_at: u64,
+    },
     /// The key has no snapshot and no restore key matched.
     #[error("no snapshot for key {0:?} (nor for any restore key)")]
     Miss(String),

@@ -47,11 +47,6 @@ esac
 FAKE
 chmod +x "$T/bin/go" "$T/bin/cachesync"
 cp "$T/bin/cachesync" "$T/nogo/cachesync"
-# A PATH without go, even where golang-go is installed in /usr/bin: every other tool, linked.
-for f in /usr/bin/* /bin/*; do
-  n=${f##*/}
-  [ "$n" = go ] || [ -e "$T/nogo/$n" ] || ln -s "$f" "$T/nogo/$n"
-done
 
 passed=0
 failed=0
@@ -171,6 +166,11 @@ for SHELL_UNDER_TEST in "${shells[@]}"; do
   check "--help prints the settings" bash -c "[ $rc = 0 ] && grep -q CSYNC_DEFAULT_REF '$T/out'"
   helper restore -- CSYNC_BIN=/nonexistent/cachesync
   check "no cachesync: exit 2 with a message" bash -c "[ $rc = 2 ] && grep -q 'install cachesync' '$T/out'"
+  # A PATH with the system's tools but no go (the machine may have golang-go).
+  for f in /usr/bin/* /bin/*; do
+    n=${f##*/}
+    [ "$n" = go ] || [ -e "$T/nogo/$n" ] || ln -s "$f" "$T/nogo/$n"
+  done
   helper restore -- PATH="$T/nogo"
   check "no go: exit 2" bash -c "[ $rc = 2 ] && grep -q 'go is not on PATH' '$T/out'"
 done

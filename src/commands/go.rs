@@ -119,7 +119,7 @@ async fn node_gc(args: GcArgs) -> anyhow::Result<()> {
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for u in &plan.remove {
-        let when = super::humantime_ms(u.last_used.saturating_mul(1000));
+        let when = crate::schedule::iso_utc(u.last_used.saturating_mul(1000));
         println!("{verb} {} ({}, last used {when})", u.name, super::human(u.bytes));
     }
     println!(

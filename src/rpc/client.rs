@@ -2,6 +2,8 @@
 //! the bytes that cross the socket, and typed wrappers over each call.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -139,16 +141,19 @@ fn tls_config(url: &str, opts: &ConnectOptions) -> Result<Option<ClientTlsConfig
 }
 
 /// A connector that counts what crosses each TCP stream (TLS goes on top).
+/// It also notes whether the mirror is on this host.
 fn counting_connector(
     counters: Counters,
+    loopback: Arc<AtomicBool>,
 ) -> impl tower::Service<Uri, Response = TokioIo<Counted>, Error = io::Error, Future: Send> + Clone + Send + 'static {
     tower::service_fn(move |uri: Uri| {
-        let counters = counters.clone();
+        let (counters, loopback) = (counters.clone(), loopback.clone());
         async move {
             let host = uri.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
             let default_port = if uri.scheme_str() == Some("https") { 443 } else { 80 };
             let inner = TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(default_port))).await?;
             inner.set_nodelay(true)?;
+            loopback.store(inner.peer_addr()?.ip().is_loopback(), Ordering::Relaxed);
             Ok::<_, io::Error>(TokioIo::new(Counted::new(inner, counters)))
         }
     })
@@ -160,6 +165,7 @@ pub struct Client {
     inner: CacheSyncClient<InterceptedService<Channel, Outgoing>>,
     counters: Counters,
     url: String,
+    loopback: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -192,18 +198,19 @@ impl Client {
             endpoint = endpoint.tls_config(tls).map_err(|e| bad(source_chain(&e)))?;
         }
         let counters = Counters::default();
+        let loopback = Arc::new(AtomicBool::new(false));
         let channel = endpoint
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
-            .connect_with_connector(counting_connector(counters.clone()))
+            .connect_with_connector(counting_connector(counters.clone(), loopback.clone()))
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
         let inner = CacheSyncClient::with_interceptor(channel, Outgoing { authorization })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let mut client = Client { inner, counters, url: url.to_string() };
+        let mut client = Client { inner, counters, url: url.to_string(), loopback };
         client.hello().await?;
         Ok(client)
     }
@@ -211,6 +218,12 @@ impl Client {
     /// Bytes on the wire so far.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// True when the mirror is on this host (a loopback address), where
+    /// compressing what it sends would only cost CPU.
+    pub fn is_loopback(&self) -> bool {
+        self.loopback.load(Ordering::Relaxed)
     }
 
     /// The mirror's URL.
@@ -360,7 +373,8 @@ impl Client {
         }
     }
 
-    /// Downloads blobs whole; `handle` receives each verified staging file.
+    /// Downloads blobs whole, asking for at most `level` zstd compression;
+    /// `handle` receives each verified staging file.
     ///
     /// # Errors
     ///
@@ -368,6 +382,7 @@ impl Client {
     pub(crate) async fn get_blobs<H>(
         &mut self,
         hashes: &[Hash],
+        level: i32,
         receiver: FrameReceiver,
         handle: H,
     ) -> Result<(), ClientError>
@@ -375,7 +390,8 @@ impl Client {
         H: FnMut(Incoming) -> Result<(), FrameError> + Send + 'static,
     {
         assert!(hashes.len() <= MAX_HASHES, "callers batch hashes");
-        let req = pb::GetBlobsRequest { hashes: hashes.iter().map(|h| h.as_bytes().to_vec()).collect() };
+        let hashes = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
+        let req = pb::GetBlobsRequest { hashes, compression_level: Some(level) };
         let stream = self.inner.get_blobs(req).await.map_err(|s| self.refused(s))?.into_inner();
         frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
     }

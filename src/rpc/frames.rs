@@ -230,12 +230,32 @@ pub(crate) struct Incoming {
     /// For a delta: the base it applies to; the staged file holds the delta.
     pub delta_base: Option<Hash>,
     /// The staging file; verified against `hash` when this is whole content.
+    /// Empty when the file has no name yet (see [`NewFile`]).
     pub staged: PathBuf,
+    /// The open file, when it has no name (`O_TMPFILE`): the handler names it.
+    pub unnamed: Option<File>,
+}
+
+/// A file a [`Staging`] factory made for one blob: named (a staging path, for
+/// the handler to rename) or unnamed (linked into place by the handler).
+pub(crate) struct NewFile {
+    /// Where the content goes.
+    pub file: File,
+    /// Its name; `None` for an unnamed file.
+    pub path: Option<PathBuf>,
+}
+
+impl NewFile {
+    /// A named staging file.
+    pub(crate) fn named((path, file): (PathBuf, File)) -> NewFile {
+        NewFile { file, path: Some(path) }
+    }
 }
 
 struct Current {
     incoming: Incoming,
-    file: BufWriter<File>,
+    /// Taken when the blob completes.
+    file: Option<BufWriter<File>>,
     hasher: Hasher,
     written: u64,
     limit: u64,
@@ -245,14 +265,14 @@ struct Current {
 impl Drop for Current {
     fn drop(&mut self) {
         // A blob that did not complete (or failed verification) is garbage.
-        if !self.complete {
+        if !self.complete && !self.incoming.staged.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.incoming.staged);
         }
     }
 }
 
-/// A factory of new staging files.
-pub(crate) type Staging = Box<dyn FnMut() -> io::Result<(PathBuf, File)> + std::marker::Send>;
+/// A factory of new staging files, given the blob that goes into each.
+pub(crate) type Staging = Box<dyn FnMut(&Hash) -> io::Result<NewFile> + std::marker::Send>;
 
 /// Receives frames into staging files, one blob at a time.
 pub(crate) struct FrameReceiver {
@@ -293,12 +313,13 @@ impl FrameReceiver {
         cur.written += data.len() as u64;
         cur.hasher.update(&data);
         let path = cur.incoming.staged.clone();
-        cur.file.write_all(&data).map_err(io_err(&path))?;
+        cur.file.as_mut().expect("open until complete").write_all(&data).map_err(io_err(&path))?;
         if !frame.last {
             return Ok(None);
         }
         let mut cur = self.current.take().expect("present");
-        cur.file.flush().map_err(io_err(&path))?;
+        let file = cur.file.take().expect("open until complete");
+        let file = file.into_inner().map_err(|e| io_err(&path)(e.into_error()))?;
         if cur.incoming.delta_base.is_none() {
             let actual = cur.hasher.finalize();
             if actual != cur.incoming.hash || cur.written != cur.incoming.size {
@@ -306,9 +327,18 @@ impl FrameReceiver {
             }
         }
         cur.complete = true;
+        if cur.incoming.staged.as_os_str().is_empty() {
+            cur.incoming.unnamed = Some(file);
+        }
         let incoming = std::mem::replace(
             &mut cur.incoming,
-            Incoming { hash: Hash::from_bytes([0; 32]), size: 0, delta_base: None, staged: PathBuf::new() },
+            Incoming {
+                hash: Hash::from_bytes([0; 32]),
+                size: 0,
+                delta_base: None,
+                staged: PathBuf::new(),
+                unnamed: None,
+            },
         );
         Ok(Some(incoming))
     }
@@ -326,11 +356,12 @@ impl FrameReceiver {
         if frame.size > self.max_size {
             return Err(FrameError::Protocol(format!("blob of {} bytes exceeds the limit", frame.size)));
         }
-        let (staged, file) = (self.staging)().map_err(|e| FrameError::Io { path: "staging file".into(), source: e })?;
+        let new = (self.staging)(&hash).map_err(|e| FrameError::Io { path: "staging file".into(), source: e })?;
+        let (file, staged) = (new.file, new.path.unwrap_or_default());
         let limit = if delta_base.is_some() { max_delta_len(frame.size) } else { frame.size };
         self.current = Some(Current {
-            incoming: Incoming { hash, size: frame.size, delta_base, staged },
-            file: BufWriter::with_capacity(256 << 10, file),
+            incoming: Incoming { hash, size: frame.size, delta_base, staged, unnamed: None },
+            file: Some(BufWriter::with_capacity(256 << 10, file)),
             hasher: Hasher::new(),
             written: 0,
             limit,

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::frames::{self, FrameError, FrameReceiver, Incoming};
+use super::frames::{self, FrameError, FrameReceiver, Incoming, NewFile};
 use super::pb::cache_sync_server::{CacheSync, CacheSyncServer};
 use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use super::{ServerError, hash_from, hashes_from, pb};
@@ -214,7 +214,7 @@ impl CacheSync for MirrorService {
         let store = self.store.clone();
         let staging_store = store.clone();
         let receiver = FrameReceiver::new(
-            Box::new(move || staging_store.staging_file().map_err(std::io::Error::other)),
+            Box::new(move |_| staging_store.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
             self.options.max_blob_bytes,
         );
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
@@ -234,10 +234,12 @@ impl CacheSync for MirrorService {
     type GetBlobsStream = Stream_<pb::BlobFrame>;
 
     async fn get_blobs(&self, req: Request<pb::GetBlobsRequest>) -> Result<Response<Self::GetBlobsStream>, Status> {
-        let hashes = hashes_from(&req.into_inner().hashes, "get blobs")?;
+        let req = req.into_inner();
+        let hashes = hashes_from(&req.hashes, "get blobs")?;
         let (tx, rx) = mpsc::channel(8);
         let store = self.store.clone();
-        let level = self.options.compression_level;
+        let own = self.options.compression_level;
+        let level = req.compression_level.map_or(own, |asked| asked.clamp(0, own));
         tokio::task::spawn_blocking(move || {
             let rt = Handle::current();
             let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);

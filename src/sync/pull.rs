@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use super::durability::{self, Pending};
 use super::plan::{PlanOptions, PullPlan, plan_pull};
 use super::tree::Tree;
 use super::{Base, Report, SyncError, SyncOptions, cache_path, save_base, save_cache, split_balanced};
@@ -20,7 +21,7 @@ use crate::profile::go::select;
 use crate::progress::Progress;
 use crate::rpc::MAX_HASHES;
 use crate::rpc::client::Client;
-use crate::rpc::frames::{FrameError, FrameReceiver, Incoming};
+use crate::rpc::frames::{FrameError, FrameReceiver, Incoming, NewFile};
 use crate::scan;
 use crate::store::SnapshotRecord;
 
@@ -121,9 +122,15 @@ async fn pull_inner(
     let manifest = Arc::new(manifest);
     // Everything that can refuse the pull happens before the first write.
     let cache_file = cache_path(&opts.state_dir, &req.root);
+    if let Pending::Rebooted { .. } = durability::pending(&opts.state_dir, &req.root) {
+        warn!(root = %req.root.display(), "an earlier pull may not have reached the disk before a restart; re-checking every file");
+        let _ = std::fs::remove_file(&cache_file);
+    }
     let (local, cache, unknown) = scan_destination(req, cache_file.clone(), profile, manifest.clone()).await?;
     let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile };
     let plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
+    let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
+    let sync = opts.fsync || (writes && !durability::mark(&opts.state_dir, &req.root));
     let tree = open_tree(req, opts).await?;
     let mut report = Report {
         key: snapshot.key.clone(),
@@ -136,7 +143,7 @@ async fn pull_inner(
         files: manifest.file_count(),
         bytes: manifest.total_bytes(),
         files_hashed: local.hashed_files,
-        unchanged: plan.fetch_bytes == 0 && plan.local_copies.is_empty() && plan.removals.is_empty(),
+        unchanged: !writes,
         missing,
         ..Report::default()
     };
@@ -151,8 +158,13 @@ async fn pull_inner(
     whole.extend(refetch);
     report.blobs_delta = deltas;
     report.blobs_whole = whole.len() as u64;
-    job.fetch_whole(client, whole, opts.streams).await?;
-    job.finish(plan.symlinks, cache, cache_file).await?;
+    // Over loopback compression only costs CPU: ask the mirror not to.
+    let level = if client.is_loopback() { 0 } else { opts.compression_level };
+    job.fetch_whole(client, whole, opts.streams, level).await?;
+    job.finish(plan.symlinks, cache, cache_file, sync).await?;
+    if sync {
+        durability::clear(&opts.state_dir, &req.root);
+    }
     let base = Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
     save_base(&opts.state_dir, &req.root, &base);
     report.finish(client, started);
@@ -289,13 +301,14 @@ impl Job {
         client: &Client,
         whole: Vec<(Hash, Vec<usize>)>,
         streams: usize,
+        level: i32,
     ) -> Result<(), SyncError> {
         let size = |(_, targets): &(Hash, Vec<usize>)| self.manifest.entries()[targets[0]].size;
         let calls = split_balanced(whole, size, streams).into_iter().map(|group| {
             let mut client = client.clone();
             async move {
                 for batch in group.chunks(MAX_HASHES) {
-                    fetch_whole(&mut client, &self.tree, &self.manifest, batch, &self.placed, &self.progress).await?;
+                    self.fetch_batch(&mut client, batch, level).await?;
                 }
                 Ok::<(), SyncError>(())
             }
@@ -305,8 +318,14 @@ impl Job {
         Ok(())
     }
 
-    /// Symlinks, final directory modes and mtimes, the hash cache.
-    async fn finish(self, symlinks: Vec<usize>, mut cache: HashCache, cache_file: PathBuf) -> Result<(), SyncError> {
+    /// Symlinks, final directory modes and mtimes, the sync if asked, the hash cache.
+    async fn finish(
+        self,
+        symlinks: Vec<usize>,
+        mut cache: HashCache,
+        cache_file: PathBuf,
+        sync: bool,
+    ) -> Result<(), SyncError> {
         let Job { tree, manifest, placed, .. } = self;
         let tree = Arc::into_inner(tree).expect("no other tree users remain");
         tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
@@ -316,7 +335,7 @@ impl Job {
                     tree.place_symlink(e, target)?;
                 }
             }
-            tree.finish(&manifest)?;
+            tree.finish(&manifest, sync)?;
             for (path, key, hash) in placed.lock().expect("placed lock").drain(..) {
                 cache.insert(path, key, hash);
             }
@@ -331,67 +350,91 @@ impl Job {
 /// Places a verified staging file at `entry`, recording it for the hash cache.
 fn place(tree: &Tree, staged: &std::path::Path, entry: &Entry, placed: &Placed) -> Result<(), super::tree::TreeError> {
     tree.place_file(staged, entry)?;
-    if let (Some(hash), Ok(meta)) = (entry.file_hash(), std::fs::symlink_metadata(tree.path(&entry.path))) {
-        use std::os::unix::fs::MetadataExt;
-        let key = FileKey { size: meta.len(), mtime_ns: scan::mtime_ns(&meta), ino: meta.ino() };
+    if let Ok(meta) = std::fs::symlink_metadata(tree.path(&entry.path)) {
+        record(entry, &meta, placed);
+    }
+    Ok(())
+}
+
+/// Remembers a placed file's identity and hash for the hash cache.
+fn record(entry: &Entry, meta: &std::fs::Metadata, placed: &Placed) {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(hash) = entry.file_hash() {
+        let key = FileKey { size: meta.len(), mtime_ns: scan::mtime_ns(meta), ino: meta.ino() };
         placed.lock().expect("placed lock").push((entry.path.clone(), key, hash));
     }
-    Ok(())
 }
 
-/// Places one received blob at every entry that holds it.
-fn place_all(tree: &Tree, staged: &std::path::Path, entries: &[Entry], placed: &Placed) -> Result<(), FrameError> {
+/// Places one received blob at every entry that holds it: the first gets
+/// the received file, the others verified copies of it.
+fn place_all(tree: &Tree, incoming: Incoming, entries: &[Entry], placed: &Placed) -> Result<(), FrameError> {
     let err = |e: super::tree::TreeError| FrameError::Handler(e.to_string());
+    let first = &entries[0];
+    match &incoming.unnamed {
+        Some(file) => record(first, &tree.place_unnamed(file, first).map_err(err)?, placed),
+        None => place(tree, &incoming.staged, first, placed).map_err(err)?,
+    }
     for extra in entries.iter().skip(1) {
-        let hash = extra.file_hash().expect("blob targets are files");
-        let copy = tree.stage_copy(staged, hash).map_err(err)?;
-        let copy = copy.ok_or_else(|| FrameError::Handler(format!("staged copy of {hash} changed")))?;
+        let copy = tree.stage_copy(&tree.path(&first.path), incoming.hash).map_err(err)?;
+        let copy = copy.ok_or_else(|| FrameError::Handler(format!("{} changed while being copied", first.path)))?;
         place(tree, &copy, extra, placed).map_err(err)?;
     }
-    place(tree, staged, &entries[0], placed).map_err(err)
+    Ok(())
 }
 
+/// A receiver into named staging files (deltas need a path to apply).
 fn receiver(tree: &Arc<Tree>, max: u64) -> FrameReceiver {
     let t = tree.clone();
-    FrameReceiver::new(Box::new(move || t.staging_file()), max)
+    FrameReceiver::new(Box::new(move |_: &Hash| t.staging_file().map(NewFile::named)), max)
 }
 
-async fn fetch_whole(
-    client: &mut Client,
-    tree: &Arc<Tree>,
-    manifest: &Arc<Manifest>,
-    batch: &[(Hash, Vec<usize>)],
-    placed: &Placed,
-    progress: &Progress,
-) -> Result<(), SyncError> {
-    let hashes: Vec<Hash> = batch.iter().map(|(h, _)| *h).collect();
-    let mut targets: HashMap<Hash, Vec<Entry>> = HashMap::new();
-    for (h, idx) in batch {
-        targets.insert(*h, idx.iter().map(|i| manifest.entries()[*i].clone()).collect());
-    }
-    let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
-    let targets = Arc::new(Mutex::new(targets));
-    let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
-    client
-        .get_blobs(&hashes, receiver(tree, max), move |incoming: Incoming| {
-            let entries = left
-                .lock()
-                .expect("targets lock")
-                .remove(&incoming.hash)
-                .ok_or_else(|| FrameError::Protocol(format!("unrequested blob {}", incoming.hash)))?;
-            if incoming.delta_base.is_some() {
-                return Err(FrameError::Protocol("a delta where a whole blob was asked".into()));
+impl Job {
+    /// Fetches one batch of whole blobs over one stream, placing each as it lands.
+    async fn fetch_batch(
+        &self,
+        client: &mut Client,
+        batch: &[(Hash, Vec<usize>)],
+        level: i32,
+    ) -> Result<(), SyncError> {
+        let (tree, manifest, placed, progress) = (&self.tree, &self.manifest, &self.placed, &self.progress);
+        let hashes: Vec<Hash> = batch.iter().map(|(h, _)| *h).collect();
+        let mut targets: HashMap<Hash, Vec<Entry>> = HashMap::new();
+        for (h, idx) in batch {
+            targets.insert(*h, idx.iter().map(|i| manifest.entries()[*i].clone()).collect());
+        }
+        let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
+        let targets = Arc::new(Mutex::new(targets));
+        let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
+        // Each blob is written where its first entry goes, so that it can be linked in place.
+        let (t2, dests) = (tree.clone(), targets.clone());
+        let new_file = move |hash: &Hash| {
+            let dest = dests.lock().expect("targets lock").get(hash).map(|entries| entries[0].path.clone());
+            match dest {
+                Some(dest) => t2.new_file(&dest),
+                None => t2.staging_file().map(NewFile::named), // refused by the handler
             }
-            prog.inc(incoming.size);
-            place_all(&t, &incoming.staged, &entries, &p)
-        })
-        .await?;
-    let missing = targets.lock().expect("targets lock").len();
-    if missing > 0 {
-        let why = format!("the stream ended with {missing} of the {} requested blobs missing", hashes.len());
-        return Err(SyncError::Client(FrameError::Protocol(why).into()));
+        };
+        client
+            .get_blobs(&hashes, level, FrameReceiver::new(Box::new(new_file), max), move |incoming: Incoming| {
+                let entries = left
+                    .lock()
+                    .expect("targets lock")
+                    .remove(&incoming.hash)
+                    .ok_or_else(|| FrameError::Protocol(format!("unrequested blob {}", incoming.hash)))?;
+                if incoming.delta_base.is_some() {
+                    return Err(FrameError::Protocol("a delta where a whole blob was asked".into()));
+                }
+                prog.inc(incoming.size);
+                place_all(&t, incoming, &entries, &p)
+            })
+            .await?;
+        let missing = targets.lock().expect("targets lock").len();
+        if missing > 0 {
+            let why = format!("the stream ended with {missing} of the {} requested blobs missing", hashes.len());
+            return Err(SyncError::Client(FrameError::Protocol(why).into()));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 async fn fetch_delta(
@@ -416,14 +459,15 @@ async fn fetch_delta(
                 return Err(FrameError::Protocol("a delta for another blob, or a second one".into()));
             }
             if incoming.delta_base.is_none() {
-                return place_all(&t, &incoming.staged, &entries, &p); // sent whole, already verified
+                return place_all(&t, incoming, &entries, &p); // sent whole, already verified
             }
             let (out, _) = t.staging_file().map_err(|e| FrameError::Io { path: "staging".into(), source: e })?;
             let _ = std::fs::remove_file(&out);
             let applied = delta::apply_files(&base_path, &incoming.staged, &out, hash, size, false);
             let _ = std::fs::remove_file(&incoming.staged);
             applied.map_err(|e| FrameError::Handler(e.to_string()))?;
-            place_all(&t, &out, &entries, &p)
+            let applied = Incoming { staged: out, unnamed: None, delta_base: None, ..incoming };
+            place_all(&t, applied, &entries, &p)
         })
         .await?;
     if !landed.load(std::sync::atomic::Ordering::Relaxed) {

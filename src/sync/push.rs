@@ -50,6 +50,10 @@ impl PushRequest {
 pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
     let started = Instant::now();
     req.validate()?;
+    let (state_dir, root) = (opts.state_dir.clone(), req.root.clone());
+    tokio::task::spawn_blocking(move || super::durability::settle_before_push(&state_dir, &root))
+        .await
+        .expect("settle task panicked")?;
     let scanned = scan_root(req, opts).await?;
     let local = match req.profile {
         Profile::GoModTrees => without_partial_trees(&req.root, scanned.manifest)?,

@@ -1,8 +1,10 @@
 //! Writing a snapshot into a destination root, safely.
 //!
-//! Every file appears by `rename` from the root's staging directory with its
-//! final mode and mtime already set, so a reader (or a kill -9) sees the old
-//! content or the new, never a part. Directories named by the snapshot are
+//! Every file appears whole, with its final mode and mtime already set, so a
+//! reader (or a kill -9) sees the old content or the new, never a part: a new
+//! file is written unnamed (`O_TMPFILE`) in its own directory and linked into
+//! place; a file that replaces another, or any file where the file system
+//! lacks unnamed files, is renamed from the root's staging directory. Directories named by the snapshot are
 //! made real directories first, parents before children, so nothing is ever
 //! written through a symlink; they are kept owner-writable while we work and
 //! get their final (possibly read-only) modes and mtimes last, deepest first.
@@ -15,9 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
 
+use crate::fsutil;
 use crate::hash::{Hash, HashingWriter};
 use crate::manifest::{Content, Entry, Manifest};
 use crate::profile::STAGING_DIR;
+use crate::rpc::frames::NewFile;
 
 /// A failed file-system operation, with its path.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,8 @@ pub struct Tree {
     counter: AtomicU64,
     fsync: bool,
     replace: bool,
+    /// Unnamed files work here (probed at open).
+    unnamed: bool,
     /// Existing directories made owner-writable, with their modes before:
     /// restored if the pull stops before [`Tree::finish`].
     unlocked: std::sync::Mutex<Vec<(PathBuf, u32)>>,
@@ -78,12 +84,13 @@ impl Tree {
     /// I/O errors creating the root or staging directory.
     pub fn open(root: &Path, fsync: bool, replace: bool) -> Result<Tree> {
         fs::create_dir_all(root).map_err(at(root))?;
-        let tree = Tree {
+        let mut tree = Tree {
             root: root.to_path_buf(),
             staging: root.join(STAGING_DIR),
             counter: AtomicU64::new(0),
             fsync,
             replace,
+            unnamed: false,
             unlocked: Default::default(),
             finished: false,
         };
@@ -92,6 +99,7 @@ impl Tree {
             remove_all(&tree.staging)?;
         }
         fs::create_dir(&tree.staging).map_err(at(&tree.staging))?;
+        tree.unnamed = tree.probe_unnamed();
         Ok(tree)
     }
 
@@ -110,6 +118,57 @@ impl Tree {
         let path = self.staging.join(format!("s{n}"));
         let file = fs::File::create_new(&path)?;
         Ok((path, file))
+    }
+
+    /// A file for the content of `rel`: unnamed in `rel`'s directory (which
+    /// must exist) where the file system allows it, else in staging.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors creating it.
+    pub(crate) fn new_file(&self, rel: &str) -> io::Result<NewFile> {
+        if self.unnamed {
+            let dir = self.path(rel.rsplit_once('/').map_or("", |(dir, _)| dir));
+            if let Ok(file) = fsutil::create_unnamed(&dir) {
+                return Ok(NewFile { file, path: None });
+            }
+        }
+        self.staging_file().map(NewFile::named)
+    }
+
+    /// Names an unnamed file from [`Tree::new_file`] `entry.path`, with its
+    /// mode and mtime; returns its metadata.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, with the path.
+    pub(crate) fn place_unnamed(&self, file: &fs::File, entry: &Entry) -> Result<fs::Metadata> {
+        let dest = self.path(&entry.path);
+        file.set_permissions(fs::Permissions::from_mode(entry.mode)).map_err(at(&dest))?;
+        filetime::set_file_handle_times(file, None, Some(mtime(entry.mtime_ns))).map_err(at(&dest))?;
+        if self.fsync {
+            file.sync_all().map_err(at(&dest))?;
+        }
+        match fsutil::link_unnamed(file, &dest) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Something stands there: name the file in staging and rename over it.
+                let staged = self.staging.join(format!("u{}", self.counter.fetch_add(1, Ordering::Relaxed)));
+                fsutil::link_unnamed(file, &staged).map_err(at(&staged))?;
+                self.clear_for(&dest, true)?;
+                fs::rename(&staged, &dest).map_err(at(&dest))?;
+            }
+            other => other.map_err(at(&dest))?,
+        }
+        file.metadata().map_err(at(&dest))
+    }
+
+    /// Whether unnamed files can be made and linked here (not every file
+    /// system has `O_TMPFILE`; linking needs `/proc`).
+    fn probe_unnamed(&self) -> bool {
+        let probe = self.staging.join("probe");
+        let works = fsutil::create_unnamed(&self.staging).and_then(|f| fsutil::link_unnamed(&f, &probe)).is_ok();
+        let _ = fs::remove_file(&probe);
+        works
     }
 
     /// Makes every directory entry of `manifest` a real, owner-writable
@@ -237,21 +296,22 @@ impl Tree {
         }
     }
 
-    /// Gives directories their final modes and mtimes, deepest first, then
-    /// removes the staging directory.
+    /// Removes the staging directory, gives directories their final modes and
+    /// mtimes, deepest first, and with `sync` (or `fsync`) runs one `syncfs`.
     ///
     /// # Errors
     ///
     /// I/O errors, with the path.
-    pub fn finish(mut self, manifest: &Manifest) -> Result<()> {
+    pub fn finish(mut self, manifest: &Manifest, sync: bool) -> Result<()> {
         self.finished = true;
         remove_all(&self.staging)?;
         for e in manifest.entries().iter().rev().filter(|e| e.content == Content::Dir) {
             set_mode_and_mtime(&self.path(&e.path), e)?;
         }
-        // One syncfs makes every file of this pull durable before the hash
-        // cache (saved next) vouches for them.
-        crate::fsutil::syncfs(&self.root).map_err(at(&self.root))
+        if sync || self.fsync {
+            fsutil::syncfs(&self.root).map_err(at(&self.root))?;
+        }
+        Ok(())
     }
 }
 
@@ -301,4 +361,38 @@ pub fn remove_all(path: &Path) -> Result<()> {
         remove_all(&child.map_err(at(path))?.path())?;
     }
     fs::remove_dir(path).map_err(at(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn entry(path: &str, data: &[u8]) -> Entry {
+        let content = Content::File(Hash::of(data));
+        Entry { path: path.into(), size: data.len() as u64, mode: 0o444, mtime_ns: 1_000_000_000_123, content }
+    }
+
+    #[test]
+    fn new_files_are_invisible_until_linked_whole_and_replace_what_stands_there() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let tree = Tree::open(&root, false, false).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        for data in [&b"first"[..], b"second, longer"] {
+            let mut new = tree.new_file("d/a").unwrap();
+            assert!(new.path.is_none(), "this file system has unnamed files");
+            new.file.write_all(data).unwrap();
+            let before: Vec<_> = fs::read_dir(root.join("d")).unwrap().flatten().map(|e| e.file_name()).collect();
+            assert!(before.len() <= 1, "only the previous version is visible: {before:?}");
+            let meta = tree.place_unnamed(&new.file, &entry("d/a", data)).unwrap();
+            assert_eq!(fs::read(root.join("d/a")).unwrap(), data);
+            let on_disk = fs::metadata(root.join("d/a")).unwrap();
+            assert_eq!((on_disk.mode() & 0o777, on_disk.mtime_nsec(), on_disk.ino()), (0o444, 123, meta.ino()));
+        }
+        tree.finish(&Manifest::default(), false).unwrap();
+        assert!(!root.join(STAGING_DIR).exists());
+    }
 }

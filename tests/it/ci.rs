@@ -138,3 +138,74 @@ async fn a_save_sends_only_what_changed_since_the_restore() {
     assert!(noop.unchanged && noop.generation == saved.generation);
     assert!(noop.bytes_sent < 2048, "a no-op save sent {}", noop.bytes_sent);
 }
+
+/// Rewrites the boot id in every unsynced-pull marker, as a restart would make it stale.
+fn pretend_the_machine_restarted(state: &std::path::Path) -> usize {
+    let markers: Vec<_> = std::fs::read_dir(state.join("unsynced")).map_or(vec![], |d| d.flatten().collect());
+    for m in &markers {
+        let text = std::fs::read_to_string(m.path()).unwrap();
+        let mut marker: serde_json::Value = serde_json::from_str(&text).unwrap();
+        marker["boot_id"] = "a-boot-before-the-crash".into();
+        std::fs::write(m.path(), marker.to_string()).unwrap();
+    }
+    markers.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_cut_short_by_a_restart_is_rechecked_before_anything_is_pushed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, xdg) = (t.path().join("src"), t.path().join("dst"), t.path().join("xdg"));
+    let state = xdg.join("cachesync");
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let data = random_bytes(5, 300_000);
+    write(&src, "mod/v1.zip", &data);
+    write(&src, "mod/v1.mod", b"module example.com/m\n");
+    push_tree(&mirror.url, &src, "ci/durable", &t.path().join("src-state")).await;
+
+    // A pull does not wait for the disk; it leaves a marker naming this boot,
+    // and the next push in the same boot syncs and drops it.
+    let pull = |root: std::path::PathBuf| {
+        let (url, state) = (mirror.url.clone(), state.clone());
+        async move { sync::pull(&mut connect(&url).await, &PullRequest::new(root, "ci/durable"), &options(&state)).await }
+    };
+    pull(dst.clone()).await.unwrap();
+    assert_eq!(std::fs::read_dir(state.join("unsynced")).unwrap().count(), 1, "the pull left a marker");
+    push_tree(&mirror.url, &dst, "ci/durable", &state).await;
+    assert!(
+        std::fs::read_dir(state.join("unsynced")).unwrap().next().is_none(),
+        "the push synced and dropped the marker"
+    );
+
+    // Another restore, then a crash before write-back: same size, same mtime, wrong bytes.
+    let dst2 = t.path().join("dst2");
+    pull(dst2.clone()).await.unwrap();
+    assert_eq!(pretend_the_machine_restarted(&state), 1);
+    let zip = dst2.join("mod/v1.zip");
+    let mtime = std::fs::metadata(&zip).unwrap().modified().unwrap();
+    set_mode(&zip, 0o644);
+    std::fs::write(&zip, vec![0u8; data.len()]).unwrap();
+    std::fs::File::options().write(true).open(&zip).unwrap().set_modified(mtime).unwrap();
+
+    let out = std::process::Command::new(bin())
+        .args(["push", "--mirror", &mirror.url, "--key", "ci/durable"])
+        .arg(&dst2)
+        .env("XDG_STATE_HOME", &xdg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("restarted") && stderr.contains("pull again"), "{stderr}");
+    assert_eq!(resolve_generation(&mirror.url, "ci/durable").await, 1, "nothing was pushed");
+
+    // The pull after the restart does not trust the hash cache: it finds and repairs the file.
+    pull(dst2.clone()).await.unwrap();
+    assert_eq!(std::fs::read(&zip).unwrap(), data);
+    push_tree(&mirror.url, &dst2, "ci/durable", &state).await;
+    assert_eq!(resolve_generation(&mirror.url, "ci/durable").await, 1, "the repaired tree is the snapshot");
+    unlock(t.path());
+}
+
+async fn resolve_generation(url: &str, key: &str) -> u64 {
+    connect(url).await.resolve(key, &[]).await.unwrap().map_or(0, |s| s.generation)
+}

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 pub struct TestMirror {
     pub url: String,
     pub store: PathBuf,
+    /// `http://addr` of the Go module proxy endpoint, when it has one.
+    pub goproxy: Option<String>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -55,10 +57,11 @@ pub async fn spawn_mirror_with(settings: MirrorSettings) -> TestMirror {
     let store = std::path::PathBuf::from(&settings.store);
     let mirror = Mirror::bind(&settings, &TransferSettings::default()).await.unwrap();
     let url = format!("http://{}", mirror.local_addr().unwrap());
+    let goproxy = mirror.goproxy_addr().map(|a| format!("http://{a}"));
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { mirror.run(token).await.unwrap() });
-    TestMirror { url, store, shutdown, task: Some(task) }
+    TestMirror { url, store, goproxy, shutdown, task: Some(task) }
 }
 
 pub async fn connect(url: &str) -> Client {

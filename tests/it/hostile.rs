@@ -15,9 +15,9 @@ use tonic::{Code, Request, Status};
 use crate::helpers::*;
 
 type Intercept = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Raw = CacheSyncClient<InterceptedService<Channel, Intercept>>;
+pub(crate) type Raw = CacheSyncClient<InterceptedService<Channel, Intercept>>;
 
-async fn raw(url: &str, version: Option<&'static str>) -> Raw {
+pub(crate) async fn raw(url: &str, version: Option<&'static str>) -> Raw {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
     let intercept: Intercept = Box::new(move |mut req| {
         if let Some(v) = version {

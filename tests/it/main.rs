@@ -5,6 +5,7 @@ mod cli;
 mod deltas;
 mod gc;
 mod go;
+mod goproxy;
 mod helpers;
 mod hostile;
 mod kill;

@@ -142,3 +142,40 @@ async fn a_renamed_file_is_copied_locally_even_when_its_old_name_is_deleted() {
     assert_same_tree(&src, &dst);
     assert!(report.bytes_received < 64 << 10, "the content came from the local copy: {}", report.bytes_received);
 }
+
+/// Whether each frame of one blob, fetched raw with `level`, came compressed.
+async fn frames_compressed(url: &str, hash: cachesync::hash::Hash, level: Option<i32>) -> Vec<bool> {
+    let mut raw = crate::hostile::raw(url, Some("1")).await;
+    let req = cachesync::rpc::pb::GetBlobsRequest { hashes: vec![hash.as_bytes().to_vec()], compression_level: level };
+    let mut stream = raw.get_blobs(req).await.unwrap().into_inner();
+    let mut compressed = Vec::new();
+    while let Some(frame) = stream.message().await.unwrap() {
+        compressed.push(frame.zstd);
+    }
+    compressed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_over_loopback_ask_the_mirror_not_to_compress() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let text = b"func handler(w http.ResponseWriter, r *http.Request) error { return nil }\n".repeat(40_000);
+    write(&t.path().join("src"), "index.txt", &text);
+    let req = PushRequest { root: t.path().join("src"), key: "zstd/k".into(), profile: Profile::Generic };
+    let pushed = sync::push(&mut connect(&mirror.url).await, &req, &options(&t.path().join("s1"))).await.unwrap();
+    assert!(pushed.bytes_sent < text.len() as u64 / 10, "a push compresses: {} bytes sent", pushed.bytes_sent);
+
+    let pull = PullRequest::new(t.path().join("dst"), "zstd/k");
+    let mut client = connect(&mirror.url).await;
+    assert!(client.is_loopback());
+    let pulled = sync::pull(&mut client, &pull, &options(&t.path().join("s2"))).await.unwrap();
+    assert!(pulled.bytes_received > text.len() as u64, "{} bytes received", pulled.bytes_received);
+    assert_same_tree(&t.path().join("src"), &t.path().join("dst"));
+
+    // The mirror compresses unless asked not to, and never above its own level.
+    let hash = cachesync::hash::Hash::of(&text);
+    for (level, expect) in [(None, true), (Some(0), false), (Some(3), true), (Some(99), true), (Some(-5), false)] {
+        let frames = frames_compressed(&mirror.url, hash, level).await;
+        assert!(!frames.is_empty() && frames.iter().all(|z| *z == expect), "level {level:?}: {frames:?}");
+    }
+}
