@@ -155,6 +155,7 @@ pub struct VerifyArgs {
 
 /// `cachesync gc`: on a node (`--profile P DIR`) or on a mirror's store (`--store DIR`).
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["profile", "store"])))]
 pub struct GcArgs {
     /// Node: what DIR is, go-mod (or go-mod-trees) or go-build.
     #[arg(long, requires = "dir", conflicts_with = "store")]
