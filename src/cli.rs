@@ -40,6 +40,8 @@ pub enum Command {
     /// Remove what is no longer used: old module versions and build-cache
     /// entries on a node, old snapshots and unreferenced blobs in a store.
     Gc(GcArgs),
+    /// Copy the newest snapshot of every key from a mirror into a store, once.
+    Replicate(ReplicateArgs),
 }
 
 /// `cachesync mirror`.
@@ -48,8 +50,9 @@ pub struct MirrorArgs {
     /// Address to listen on (default 127.0.0.1:7415).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Store directory (default ~/.local/share/cachesync/store).
-    #[arg(long, value_name = "DIR")]
+    /// Store directory (default ~/.local/share/cachesync/store), or
+    /// s3://bucket/prefix with credentials from the AWS_* environment.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub store: Option<String>,
     /// Also serve the go-mod snapshots as a Go module proxy (HTTP) on this address.
     #[arg(long, value_name = "ADDR")]
@@ -60,6 +63,39 @@ pub struct MirrorArgs {
     /// Serve only the go-mod snapshots of keys starting with this.
     #[arg(long, value_name = "PREFIX")]
     pub goproxy_keys: Option<String>,
+    /// Serve Prometheus metrics on GET /metrics at this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Replicate another mirror's snapshots into the store, on a schedule
+    /// (token and TLS files from [client]).
+    #[arg(long, value_name = "URL")]
+    pub replicate_from: Option<String>,
+    /// When to replicate: cron in UTC, e.g. "0 2 * * *".
+    #[arg(long, value_name = "CRON")]
+    pub replicate_cron: Option<String>,
+    /// Or how often, e.g. 1h (a first run at start).
+    #[arg(long, value_name = "DURATION")]
+    pub replicate_interval: Option<String>,
+    /// Replicate only keys starting with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub replicate_keys: Option<String>,
+}
+
+/// `cachesync replicate`.
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The source mirror, e.g. https://mirror.example:7415 (token and TLS files from [client]).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The store to copy into (default: mirror.store).
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub store: Option<String>,
+    /// Only keys starting with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub keys: Option<String>,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of commands that talk to a mirror.

@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::cli::{Command, PullArgs, PushArgs, ScanArgs, StatusArgs};
+use crate::cli::{Command, PullArgs, PushArgs, ReplicateArgs, ScanArgs, StatusArgs};
 use crate::config::Settings;
 use crate::hash::cache::HashCache;
 use crate::mirror::Mirror;
 use crate::profile::Profile;
+use crate::replicate::{Source, replicate_once};
 use crate::rpc::client::{Client, ConnectOptions};
+use crate::store::Store;
 use crate::sync::{self, PullRequest, PushRequest, Report, SyncError, SyncOptions};
 
 /// Runs one command with its settings.
@@ -29,6 +31,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Scan(args) => scan(args),
         Command::Verify(args) => go::verify(args).await,
         Command::Gc(args) => go::gc(args, settings).await,
+        Command::Replicate(args) => replicate(args, settings).await,
     }
 }
 
@@ -45,6 +48,11 @@ fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Client> {
+    Ok(Client::connect_with(&settings.client.mirror, &connect_options(settings)?).await?)
+}
+
+/// How to reach a mirror: the `[client]` timeout, token and TLS files.
+fn connect_options(settings: &Settings) -> anyhow::Result<ConnectOptions> {
     let c = &settings.client;
     let token = match (c.token.as_str(), c.token_file.as_str()) {
         ("", "") => None,
@@ -52,18 +60,30 @@ async fn connect(settings: &Settings) -> anyhow::Result<Client> {
         (token, _) => Some(token.to_string()),
     };
     let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
-    let opts = ConnectOptions {
+    Ok(ConnectOptions {
         timeout: settings.connect_timeout(),
         token,
         ca_file: path(&c.ca_file),
         identity: path(&c.cert_file).zip(path(&c.key_file)),
-    };
-    Ok(Client::connect_with(&c.mirror, &opts).await?)
+    })
+}
+
+/// Replication from `from` into the mirror's store, with the client settings.
+fn replication_source(settings: &Settings, from: &str) -> anyhow::Result<Source> {
+    Ok(Source {
+        url: from.to_string(),
+        connect: connect_options(settings)?,
+        keys: settings.replicate.keys.clone(),
+        max_blob_bytes: settings.mirror.max_blob_bytes,
+    })
 }
 
 async fn mirror(settings: Settings) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signals().context("installing signal handlers")?;
-    let mirror = Mirror::bind(&settings.mirror, &settings.transfer).await?;
+    let mut mirror = Mirror::bind(&settings.mirror, &settings.transfer).await?;
+    if let Some(schedule) = settings.replicate.schedule()? {
+        mirror = mirror.with_replication(replication_source(&settings, &settings.replicate.from)?, schedule);
+    }
     mirror.run(shutdown).await?;
     Ok(())
 }
@@ -169,6 +189,27 @@ async fn status(args: StatusArgs, settings: Settings) -> anyhow::Result<()> {
             s.profile,
             if s.writer.is_empty() { "anonymous" } else { &s.writer },
             &s.manifest[..16]
+        );
+    }
+    Ok(())
+}
+
+async fn replicate(args: ReplicateArgs, settings: Settings) -> anyhow::Result<()> {
+    let store = Store::open(&settings.mirror.store)?;
+    store.check().await?;
+    let source = replication_source(&settings, &settings.client.mirror)?;
+    let done = replicate_once(&source, &store).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&done).expect("reports serialize"));
+    } else {
+        println!(
+            "replicated {} of {} keys from {} into {}: {} blobs, {} received",
+            done.snapshots,
+            done.keys,
+            source.url,
+            settings.mirror.store,
+            done.blobs,
+            human(done.bytes_received)
         );
     }
     Ok(())

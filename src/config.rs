@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::Schedule;
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,6 +34,8 @@ pub struct Settings {
     pub client: ClientSettings,
     /// How bytes move.
     pub transfer: TransferSettings,
+    /// The mirror's replication from another mirror.
+    pub replicate: ReplicateSettings,
 }
 
 /// Logging.
@@ -51,7 +55,8 @@ pub struct LogSettings {
 pub struct MirrorSettings {
     /// Address of the gRPC service.
     pub listen: String,
-    /// The store: a directory (or `file://` URL).
+    /// The store: a directory (or `file://` URL), or `s3://bucket/prefix`
+    /// (credentials, region and endpoint from the `AWS_*` environment).
     pub store: String,
     /// Largest blob accepted, in bytes.
     pub max_blob_bytes: u64,
@@ -63,6 +68,8 @@ pub struct MirrorSettings {
     pub tls_key: String,
     /// CA (PEM) that client certificates must chain to: mutual TLS, required.
     pub tls_client_ca: String,
+    /// Address of the Prometheus `GET /metrics` endpoint; empty: none.
+    pub metrics_listen: String,
     /// Address of the Go module proxy endpoint (HTTP); empty: none.
     pub goproxy_listen: String,
     /// The path the Go module proxy is mounted under (`/go`); empty: the root.
@@ -105,6 +112,50 @@ pub struct TransferSettings {
     pub streams: usize,
 }
 
+/// The mirror's replication from another mirror (connecting with the
+/// `[client]` token and TLS files).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicateSettings {
+    /// The source mirror's URL; empty: no replication.
+    pub from: String,
+    /// When to replicate: a cron expression in UTC, e.g. `0 2 * * *`.
+    pub cron: String,
+    /// Or an interval, e.g. `1h` (a first run at start).
+    pub interval: String,
+    /// Only keys starting with this.
+    pub keys: String,
+}
+
+impl ReplicateSettings {
+    /// The schedule, when replication is configured.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for a bad URL, prefix or schedule, or a
+    /// schedule without a source.
+    pub fn schedule(&self) -> Result<Option<Schedule>, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        if let Err(e) = crate::store::check_prefix(&self.keys) {
+            return bad(format!("replicate.keys: {e}"));
+        }
+        if self.from.is_empty() {
+            if self.cron.is_empty() && self.interval.is_empty() {
+                return Ok(None);
+            }
+            return bad("replicate.cron and replicate.interval need replicate.from".into());
+        }
+        if !self.from.starts_with("http://") && !self.from.starts_with("https://") {
+            return bad(format!("replicate.from = {:?}: expected a URL like https://mirror:7415", self.from));
+        }
+        match Schedule::from_parts(given(&self.interval).as_deref(), given(&self.cron).as_deref()) {
+            Ok(schedule) => Ok(Some(schedule)),
+            Err(e) => bad(format!("replicate.interval or replicate.cron: {e}")),
+        }
+    }
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
@@ -133,6 +184,7 @@ impl Default for MirrorSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            metrics_listen: String::new(),
             goproxy_listen: String::new(),
             goproxy_prefix: String::new(),
             goproxy_keys: String::new(),
@@ -178,6 +230,10 @@ impl Settings {
         if !self.client.mirror.starts_with("http://") && !self.client.mirror.starts_with("https://") {
             return bad(format!("client.mirror = {:?}: expected a URL like http://127.0.0.1:7415", self.client.mirror));
         }
+        if !self.mirror.metrics_listen.is_empty() && self.mirror.metrics_listen.parse::<SocketAddr>().is_err() {
+            let addr = &self.mirror.metrics_listen;
+            return bad(format!("mirror.metrics_listen = {addr:?}: expected an address like 127.0.0.1:9415"));
+        }
         if self.mirror.tls_cert.is_empty() != self.mirror.tls_key.is_empty() {
             return bad("mirror.tls_cert and mirror.tls_key go together".into());
         }
@@ -206,7 +262,7 @@ impl Settings {
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir is empty".into());
         }
-        Ok(())
+        self.replicate.schedule().map(|_| ())
     }
 
     fn validate_goproxy(&self) -> Result<(), ConfigError> {
@@ -322,6 +378,28 @@ mod tests {
         let e = load(None, env(&[]), &[("mirror.listen", "nowhere".into())]).unwrap_err().to_string();
         assert!(e.contains("mirror.listen"), "{e}");
         assert!(load(Some(Path::new("/nonexistent.toml")), env(&[]), &[]).is_err());
+    }
+
+    #[test]
+    fn replication_needs_a_source_and_exactly_one_schedule() {
+        let flags = |pairs: &[(&'static str, &str)]| pairs.iter().map(|(k, v)| (*k, v.to_string())).collect::<Vec<_>>();
+        let s = load(None, env(&[]), &flags(&[("replicate.from", "http://a:1"), ("replicate.cron", "0 2 * * *")]));
+        assert!(matches!(s.unwrap().replicate.schedule(), Ok(Some(Schedule::Cron(_)))));
+        for (pairs, what) in [
+            (&[("replicate.from", "http://a:1")][..], "exactly one"),
+            (
+                &[("replicate.from", "http://a:1"), ("replicate.cron", "0 2 * *"), ("replicate.interval", "1h")],
+                "exactly one",
+            ),
+            (&[("replicate.from", "http://a:1"), ("replicate.cron", "61 * * * *")], "cron"),
+            (&[("replicate.from", "http://a:1"), ("replicate.interval", "soon")], "soon"),
+            (&[("replicate.interval", "1h")], "need replicate.from"),
+            (&[("replicate.from", "a:1"), ("replicate.interval", "1h")], "replicate.from"),
+            (&[("replicate.keys", "../x")], "replicate.keys"),
+        ] {
+            let e = load(None, env(&[]), &flags(pairs)).unwrap_err().to_string();
+            assert!(e.contains(what), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

@@ -25,6 +25,16 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
             add("mirror.goproxy_listen", &m.goproxy_listen);
             add("mirror.goproxy_prefix", &m.goproxy_prefix);
             add("mirror.goproxy_keys", &m.goproxy_keys);
+            add("mirror.metrics_listen", &m.metrics_listen);
+            add("replicate.from", &m.replicate_from);
+            add("replicate.cron", &m.replicate_cron);
+            add("replicate.interval", &m.replicate_interval);
+            add("replicate.keys", &m.replicate_keys);
+        }
+        Command::Replicate(r) => {
+            add("client.mirror", &Some(r.from.clone()));
+            add("mirror.store", &r.store);
+            add("replicate.keys", &r.keys);
         }
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),

@@ -15,7 +15,10 @@ use crate::auth::{Auth, AuthError};
 
 use crate::config::{MirrorSettings, TransferSettings};
 use crate::goproxy::{GoProxy, GoproxyOptions};
+use crate::metrics::Metrics;
+use crate::replicate::Source;
 use crate::rpc::server::{MirrorService, ServiceOptions};
+use crate::schedule::Schedule;
 use crate::store::{Store, StoreError};
 
 /// Why the mirror could not start or stopped.
@@ -59,6 +62,10 @@ pub enum MirrorError {
 /// A mirror bound to its address.
 pub struct Mirror {
     listener: TcpListener,
+    store: Store,
+    replication: Option<(Source, Schedule)>,
+    metrics: Metrics,
+    metrics_listener: Option<TcpListener>,
     service: MirrorService,
     auth: Auth,
     tls: Option<ServerTlsConfig>,
@@ -88,6 +95,7 @@ impl Mirror {
     /// [`MirrorError::Store`], [`MirrorError::Bind`].
     pub async fn bind(settings: &MirrorSettings, transfer: &TransferSettings) -> Result<Mirror, MirrorError> {
         let store = Store::open(&settings.store)?;
+        store.check().await?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(|source| MirrorError::Bind { addr: settings.listen.clone(), source })?;
@@ -110,12 +118,26 @@ impl Mirror {
                 Some(bound.map_err(|source| MirrorError::Bind { addr: format!("{addr} (goproxy)"), source })?)
             }
         };
-        Ok(Mirror { listener, service: MirrorService::new(store, options), auth, tls, goproxy })
+        let metrics_listener = match settings.metrics_listen.as_str() {
+            "" => None,
+            addr => {
+                Some(TcpListener::bind(addr).await.map_err(|source| MirrorError::Bind { addr: addr.into(), source })?)
+            }
+        };
+        let metrics = Metrics::default();
+        let service = MirrorService::new(store.clone(), options).with_metrics(metrics.clone());
+        Ok(Mirror { listener, store, replication: None, metrics, metrics_listener, service, auth, tls, goproxy })
     }
 
     /// The address the Go module proxy endpoint bound, if it has one.
     pub fn goproxy_addr(&self) -> Option<SocketAddr> {
         self.goproxy.as_ref().and_then(|g| g.local_addr().ok())
+    }
+
+    /// Also replicates from `source` into the store on `schedule` while serving.
+    pub fn with_replication(mut self, source: Source, schedule: Schedule) -> Mirror {
+        self.replication = Some((source, schedule));
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -125,6 +147,16 @@ impl Mirror {
     /// The socket's error.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the metrics endpoint, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics handle, for more gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Serves until `shutdown` is cancelled, then lets calls in flight finish.
@@ -140,6 +172,20 @@ impl Mirror {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MirrorError::Signal)?;
         let reloader = tokio::spawn(reload_on_sighup(self.auth.clone(), hangups, shutdown.clone()));
         let goproxy = self.goproxy.map(|g| tokio::spawn(g.run(shutdown.clone())));
+        let metrics = self.metrics.clone();
+        let replicator = self.replication.map(|(source, schedule)| {
+            tokio::spawn(crate::replicate::run_scheduled(source, self.store, schedule, metrics, shutdown.clone()))
+        });
+        if let Some(listener) = self.metrics_listener {
+            let addr = listener.local_addr().map_err(|source| MirrorError::Bind { addr: "?".into(), source })?;
+            info!(%addr, "metrics on GET /metrics");
+            let (metrics, shutdown) = (self.metrics.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, metrics, shutdown).await {
+                    error!(error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         info!(%addr, tokens = self.auth.is_enforced(), tls = self.tls.is_some(), "mirror listening");
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
@@ -153,6 +199,9 @@ impl Mirror {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
             .await?;
         reloader.abort();
+        if let Some(replicator) = replicator {
+            replicator.abort();
+        }
         if let Some(goproxy) = goproxy {
             goproxy.await.expect("goproxy task panicked").map_err(MirrorError::Goproxy)?;
         }

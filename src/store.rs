@@ -13,8 +13,13 @@
 //! Blobs arrive through a staging file that the receiver has verified against
 //! its blake3; on the local file system they are renamed into place and made
 //! durable by one `syncfs` before the snapshot that names them is committed,
-//! instead of one fsync per blob. This module knows nothing about gRPC.
+//! instead of one fsync per blob. In an S3 bucket they are uploaded to their
+//! final name only once verified (a put, or a multipart upload that appears
+//! whole when completed), and snapshot records are created with
+//! `If-None-Match: *`, so mirrors sharing a bucket never take the same
+//! generation. This module knows nothing about gRPC.
 
+mod backend;
 mod gc;
 mod keys;
 mod read;
@@ -26,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -65,6 +69,14 @@ pub enum StoreError {
         /// The location given.
         location: String,
         /// Why.
+        why: String,
+    },
+    /// A remote store that does not answer as it should.
+    #[error("store {location}: {why}")]
+    Unavailable {
+        /// The location given.
+        location: String,
+        /// Why, in one line.
         why: String,
     },
     /// Local file I/O.
@@ -155,48 +167,42 @@ pub struct Store {
     durable: Arc<dyn ObjectStore>,
     local_root: Option<PathBuf>,
     staging: PathBuf,
-    counter: Arc<AtomicU64>,
+    location: String,
 }
 
+/// Staging files made by this process, for unique names across stores.
+static STAGED: AtomicU64 = AtomicU64::new(0);
+
 impl Store {
-    /// Opens (creating if needed) a store at a local directory or `file://` URL.
+    /// Opens (creating if needed) a store at a local directory, a `file://`
+    /// URL, or an `s3://bucket/prefix` URL (settings from the `AWS_*`
+    /// environment). Nothing remote is contacted: see [`Store::check`].
     ///
     /// # Errors
     ///
     /// [`StoreError::Unsupported`] for other URL schemes; I/O errors creating it.
     pub fn open(location: &str) -> Result<Store> {
-        let dir = match location.split_once("://") {
-            None => PathBuf::from(location),
-            Some(("file", path)) => PathBuf::from(path),
-            Some((scheme, _)) => {
-                return Err(StoreError::Unsupported {
-                    location: location.into(),
-                    why: format!("{scheme}:// stores are not supported by this build"),
-                });
-            }
-        };
-        let staging = dir.join("tmp");
-        std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-        // Staged files of a process that died are garbage: nothing names them.
-        // Another mirror may share this store, so only files idle for an hour go.
-        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        for entry in std::fs::read_dir(&staging).map_err(io_at(&staging))?.flatten() {
-            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        let open = |fsync: bool| -> Result<Arc<dyn ObjectStore>> {
-            let fs = LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|source| StoreError::Backend { what: format!("open {}", dir.display()), source })?;
-            Ok(Arc::new(fs.with_fsync(fsync)))
-        };
+        let opened = backend::open(location)?;
         Ok(Store {
-            blobs: open(false)?,
-            durable: open(true)?,
-            local_root: Some(std::fs::canonicalize(&dir).map_err(io_at(&dir))?),
-            staging,
-            counter: Arc::new(AtomicU64::new(0)),
+            blobs: opened.blobs,
+            durable: opened.durable,
+            local_root: opened.local_root,
+            staging: opened.staging,
+            location: location.to_string(),
         })
+    }
+
+    /// Checks that the store answers (a remote bucket exists and the
+    /// credentials may list it); a local store always does.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] saying why, in one line.
+    pub async fn check(&self) -> Result<()> {
+        match self.local_root {
+            Some(_) => Ok(()),
+            None => backend::check(&self.durable, &self.location).await,
+        }
     }
 
     fn blob_path(h: &Hash) -> ObjPath {
@@ -210,9 +216,13 @@ impl Store {
     ///
     /// Backend errors other than "not found".
     pub async fn has_blob(&self, h: &Hash) -> Result<bool> {
+        Ok(self.blob_size(h).await?.is_some())
+    }
+
+    async fn blob_size(&self, h: &Hash) -> Result<Option<u64>> {
         match self.blobs.head(&Self::blob_path(h)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(StoreError::Backend { what: format!("head blob {h}"), source }),
         }
     }
@@ -223,30 +233,41 @@ impl Store {
     ///
     /// Backend errors.
     pub async fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        Ok(self.missing_sized(hashes).await?.0)
+    }
+
+    /// The hashes the store lacks, in their order, and the total size of
+    /// those it has (read from the same stat or HEAD).
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    pub async fn missing_sized(&self, hashes: &[Hash]) -> Result<(Vec<Hash>, u64)> {
         if let Some(root) = self.local_root.clone() {
             // One blocking task of plain stats instead of a task per object.
             let hashes = hashes.to_vec();
             return tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
+                let (mut out, mut present) = (Vec::new(), 0);
                 for h in hashes {
                     let path = root.join(Self::blob_path(&h).as_ref());
                     match std::fs::symlink_metadata(&path) {
-                        Ok(_) => {}
+                        Ok(m) => present += m.len(),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(h),
                         Err(source) => return Err(StoreError::Io { path, source }),
                     }
                 }
-                Ok(out)
+                Ok((out, present))
             })
             .await
             .expect("stat task panicked");
         }
-        let found: Vec<(Hash, bool)> = futures::stream::iter(hashes.iter().copied())
-            .map(|h| async move { self.has_blob(&h).await.map(|has| (h, has)) })
+        let found: Vec<(Hash, Option<u64>)> = futures::stream::iter(hashes.iter().copied())
+            .map(|h| async move { self.blob_size(&h).await.map(|size| (h, size)) })
             .buffered(64)
             .try_collect()
             .await?;
-        Ok(found.into_iter().filter(|(_, has)| !has).map(|(h, _)| h).collect())
+        let present = found.iter().filter_map(|(_, size)| *size).sum();
+        Ok((found.into_iter().filter(|(_, size)| size.is_none()).map(|(h, _)| h).collect(), present))
     }
 
     /// A new, empty staging file for an incoming blob.
@@ -255,7 +276,7 @@ impl Store {
     ///
     /// I/O errors creating it.
     pub fn staging_file(&self) -> Result<(PathBuf, std::fs::File)> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
         let path = self.staging.join(format!("{}-{n}", std::process::id()));
         let file = std::fs::File::create_new(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
         Ok((path, file))
@@ -280,13 +301,7 @@ impl Store {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;
             return std::fs::rename(staged, &dest).map_err(io_at(&dest));
         }
-        let data =
-            tokio::fs::read(staged).await.map_err(|source| StoreError::Io { path: staged.to_path_buf(), source })?;
-        self.blobs
-            .put(&location, PutPayload::from(data))
-            .await
-            .map_err(|source| StoreError::Backend { what: format!("put blob {h}"), source })?;
-        Ok(())
+        backend::upload(&self.blobs, &location, staged).await
     }
 
     /// The blob's content as a local file to read or map.
@@ -304,12 +319,9 @@ impl Store {
                 Err(source) => Err(StoreError::Io { path, source }),
             };
         }
-        let bytes = self.get(&self.blobs, &location, &format!("blob {h}")).await?;
         let (path, _) = self.staging_file()?;
         let file = BlobFile { path, temporary: true };
-        tokio::fs::write(&file.path, &bytes)
-            .await
-            .map_err(|source| StoreError::Io { path: file.path.clone(), source })?;
+        backend::download(&self.blobs, &location, &format!("blob {h}"), &file.path).await?;
         Ok(file)
     }
 

@@ -24,6 +24,7 @@ use crate::auth::{Auth, Identity};
 use crate::delta;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
+use crate::metrics::Metrics;
 use crate::store::{self, NewSnapshot, Store};
 
 /// The service as tonic serves it: protocol check in front of the generated server.
@@ -72,6 +73,7 @@ pub struct MirrorService {
     commits: std::sync::Arc<tokio::sync::Semaphore>,
     /// Zip hashes of go-mod snapshots already verified.
     zip_hashes: std::sync::Arc<gomod::ZipHashes>,
+    metrics: Metrics,
 }
 
 /// Commits served at the same time; others wait their turn.
@@ -96,12 +98,14 @@ pub fn check_protocol(req: Request<()>) -> Result<Request<()>, Status> {
 impl MirrorService {
     /// A service over `store`.
     pub fn new(store: Store, options: ServiceOptions) -> Self {
-        MirrorService {
-            store,
-            options,
-            commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
-            zip_hashes: Default::default(),
-        }
+        let commits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS));
+        MirrorService { store, options, commits, metrics: Metrics::default(), zip_hashes: Default::default() }
+    }
+
+    /// Counts what the service does in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tonic service, behind the [`Gate`] (protocol check, tokens) and message bounds.
@@ -202,7 +206,8 @@ impl CacheSync for MirrorService {
         req: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
         let hashes = hashes_from(&req.into_inner().hashes, "missing blobs")?;
-        let missing = self.store.missing(&hashes).await.map_err(ServerError::from)?;
+        let (missing, present_bytes) = self.store.missing_sized(&hashes).await.map_err(ServerError::from)?;
+        self.metrics.deduplicated((hashes.len() - missing.len()) as u64, present_bytes);
         Ok(Response::new(pb::MissingBlobsResponse { missing: missing.iter().map(|h| h.as_bytes().to_vec()).collect() }))
     }
 
@@ -219,13 +224,22 @@ impl CacheSync for MirrorService {
         );
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
         let shared = counts.clone();
+        let metrics = self.metrics.clone();
         frames::receive_blobs(req.into_inner(), receiver, move |incoming| {
             let mut guard = shared.lock().expect("counts lock");
             guard.0 += 1;
-            Self::handle_incoming(&store, incoming, &mut guard.1)
+            let (size, rejected_before) = (incoming.size, guard.1.len());
+            Self::handle_incoming(&store, incoming, &mut guard.1)?;
+            if guard.1.len() == rejected_before {
+                metrics.blob_received(size);
+            }
+            Ok(())
         })
         .await
-        .map_err(frame_status)?;
+        .map_err(|e| {
+            self.metrics.error();
+            frame_status(e)
+        })?;
         let (stored, rejected) = std::mem::take(&mut *counts.lock().expect("counts lock"));
         debug!(stored, rejected = rejected.len(), "blobs received");
         Ok(Response::new(pb::PutBlobsResponse { stored, already_present: 0, rejected_deltas: rejected }))
@@ -240,6 +254,7 @@ impl CacheSync for MirrorService {
         let store = self.store.clone();
         let own = self.options.compression_level;
         let level = req.compression_level.map_or(own, |asked| asked.clamp(0, own));
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let rt = Handle::current();
             let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
@@ -249,9 +264,12 @@ impl CacheSync for MirrorService {
                     frames::send_file(&file.path, h, size, level, &mut send, &|_| {}).map_err(|e| match e {
                         FrameError::Changed { .. } => ServerError::Corrupt(h),
                         other => ServerError::Precondition(other.to_string()),
-                    })
+                    })?;
+                    metrics.blob_sent(size);
+                    Ok(())
                 });
                 if let Err(e) = result {
+                    metrics.error();
                     let _ = tx.blocking_send(Err(e.into()));
                     return;
                 }
@@ -304,6 +322,20 @@ impl CacheSync for MirrorService {
     }
 
     async fn commit(&self, req: Request<Streaming<pb::CommitFrame>>) -> Result<Response<pb::CommitResponse>, Status> {
+        let result = self.commit_counted(req).await;
+        match &result {
+            Ok(resp) => self.metrics.committed(resp.get_ref().unchanged),
+            Err(_) => self.metrics.error(),
+        }
+        result
+    }
+}
+
+impl MirrorService {
+    async fn commit_counted(
+        &self,
+        req: Request<Streaming<pb::CommitFrame>>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
         let writer = caller(&req)?;
         writer.check_upload().map_err(ServerError::Auth)?;
         let _turn = self.commits.acquire().await.map_err(|_| Status::unavailable("mirror shutting down"))?;

@@ -59,26 +59,56 @@ impl Store {
         {
             return Ok(Committed { snapshot: s.clone(), unchanged: true });
         }
+        let record = SnapshotRecord {
+            key: new.key.clone(),
+            generation: latest.map_or(1, |s| s.generation + 1),
+            manifest: new.manifest.to_hex(),
+            files: new.files,
+            bytes: new.bytes,
+            created_unix_ms: 0,
+            profile: new.profile.clone(),
+            writer: new.writer.clone(),
+            base: new.base.clone(),
+        };
+        self.create(record, true).await
+    }
+
+    /// Commits a snapshot copied from another mirror, keeping its writer,
+    /// base, profile and creation time. It keeps its generation too when this
+    /// store's newest is older (so `base` references name the same snapshot
+    /// on both mirrors), else takes the next free one. The newest snapshot
+    /// already having this manifest gives no new generation.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::BadKey`]; backend errors.
+    pub async fn import(&self, source: &SnapshotRecord) -> Result<Committed> {
+        check_key(&source.key)?;
+        let latest = self.latest(&source.key).await?;
+        if let Some(s) = &latest
+            && s.manifest == source.manifest
+        {
+            return Ok(Committed { snapshot: s.clone(), unchanged: true });
+        }
+        let generation = source.generation.max(latest.map_or(1, |s| s.generation + 1));
+        self.create(SnapshotRecord { generation, ..source.clone() }, false).await
+    }
+
+    /// Makes the blobs durable, then creates `record` by a conditional put,
+    /// at its generation or the next free one after it (`stamp`: with the
+    /// creation time of the attempt that succeeds).
+    async fn create(&self, mut record: SnapshotRecord, stamp: bool) -> Result<Committed> {
         self.sync().await?;
-        let mut generation = latest.map_or(1, |s| s.generation + 1);
         loop {
-            let record = SnapshotRecord {
-                key: new.key.clone(),
-                generation,
-                manifest: new.manifest.to_hex(),
-                files: new.files,
-                bytes: new.bytes,
-                created_unix_ms: now_ms(),
-                profile: new.profile.clone(),
-                writer: new.writer.clone(),
-                base: new.base.clone(),
-            };
-            let location = ObjPath::from(format!("keys/{}/@snap/{generation:020}", new.key));
+            if stamp {
+                record.created_unix_ms = now_ms();
+            }
+            let location = ObjPath::from(format!("keys/{}/@snap/{:020}", record.key, record.generation));
             let body = serde_json::to_vec(&record).expect("records serialize");
             let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
             match self.durable.put_opts(&location, PutPayload::from(body), opts).await {
                 Ok(_) => return Ok(Committed { snapshot: record, unchanged: false }),
-                Err(object_store::Error::AlreadyExists { .. }) => generation += 1,
+                Err(object_store::Error::AlreadyExists { .. }) => record.generation += 1,
                 Err(source) => {
                     return Err(StoreError::Backend { what: format!("create {location}"), source });
                 }

@@ -73,18 +73,24 @@ fn capture(stream: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandl
 
 /// A `cachesync` process; killed and reaped when dropped, so a failing test
 /// leaves nothing running.
-struct Proc {
+pub(crate) struct Proc {
     what: String,
     child: Child,
     stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
     /// Runs `cachesync ARGS` with its hash cache under `state`.
     fn start(state: &Path, args: &[&OsStr]) -> Proc {
+        Proc::start_env(state, args, &[])
+    }
+
+    /// Like `start`, with more environment variables.
+    pub(crate) fn start_env(state: &Path, args: &[&OsStr], env: &[(String, String)]) -> Proc {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CACHESYNC_")) {
             cmd.env_remove(k);
         }
@@ -101,16 +107,16 @@ impl Proc {
         self.child.try_wait().unwrap().is_none()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         format!("{}\n--- stdout:\n{}--- stderr:\n{}", self.what, self.stdout.lock().unwrap(), self.stderr())
     }
 
     /// Waits until `cond` holds; panics if the process ends first.
-    async fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
+    pub(crate) async fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
         wait_for(JOB_SECS, what, || {
             cond() || {
                 assert!(self.running(), "the process ended before {what}: {}", self.output());
@@ -121,7 +127,7 @@ impl Proc {
     }
 
     /// kill -9, after checking the process was still at work (else nothing was interrupted).
-    fn kill_mid_job(&mut self) {
+    pub(crate) fn kill_mid_job(&mut self) {
         assert!(self.running(), "finished before it could be killed, so nothing was interrupted: {}", self.output());
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -129,7 +135,7 @@ impl Proc {
     }
 
     /// Waits for the process to end on its own and collects all its output.
-    async fn exit(&mut self) -> ExitStatus {
+    pub(crate) async fn exit(&mut self) -> ExitStatus {
         let what = format!("{} to exit", self.what);
         wait_for(JOB_SECS, &what, || !self.running()).await;
         self.drain();
@@ -137,7 +143,7 @@ impl Proc {
     }
 
     /// Waits for the process and checks it succeeded.
-    async fn succeed(mut self) {
+    pub(crate) async fn succeed(mut self) {
         let status = self.exit().await;
         assert!(status.success(), "{status}: {}", self.output());
     }
@@ -165,9 +171,13 @@ fn sync_proc(command: &str, state: &Path, url: &str, dir: &Path) -> Proc {
 
 /// A mirror process over `store`, and its URL once it listens.
 async fn mirror_proc(state: &Path, store: &Path) -> (Proc, String) {
-    let args: [&OsStr; 5] =
-        ["mirror".as_ref(), "--listen".as_ref(), "127.0.0.1:0".as_ref(), "--store".as_ref(), store.as_ref()];
-    let mut mirror = Proc::start(state, &args);
+    mirror_proc_env(state, store.as_ref(), &[]).await
+}
+
+/// A mirror process over `store` (a directory or URL) with more environment variables.
+pub(crate) async fn mirror_proc_env(state: &Path, store: &OsStr, env: &[(String, String)]) -> (Proc, String) {
+    let args: [&OsStr; 5] = ["mirror".as_ref(), "--listen".as_ref(), "127.0.0.1:0".as_ref(), "--store".as_ref(), store];
+    let mut mirror = Proc::start_env(state, &args, env);
     let log = mirror.stderr.clone();
     mirror.wait_while_running("the mirror to listen", || log.lock().unwrap().contains("mirror listening")).await;
     let log = mirror.stderr();
@@ -203,7 +213,7 @@ fn snapshot_records(store: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).into_iter().flatten().map(|e| e.unwrap().path()).collect()
 }
 
-fn blob_count(store: &Path) -> usize {
+pub(crate) fn blob_count(store: &Path) -> usize {
     walkdir::WalkDir::new(store.join("blobs")).into_iter().flatten().filter(|e| e.file_type().is_file()).count()
 }
 
