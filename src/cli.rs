@@ -35,6 +35,11 @@ pub enum Command {
     Status(StatusArgs),
     /// Hash a directory and print its manifest summary (no network).
     Scan(ScanArgs),
+    /// Check a Go module cache: complete module versions, zip hashes, go.sum (no network).
+    Verify(VerifyArgs),
+    /// Remove what is no longer used: old module versions and build-cache
+    /// entries on a node, old snapshots and unreferenced blobs in a store.
+    Gc(GcArgs),
     /// Copy the newest snapshot of every key from a mirror into a store, once.
     Replicate(ReplicateArgs),
     /// Watch the roots of the `[agent]` section and keep them in sync with
@@ -121,7 +126,7 @@ pub struct PushArgs {
     /// The key to commit under, e.g. gomod/linux-amd64/main.
     #[arg(long)]
     pub key: String,
-    /// What the directory is: generic, go-mod, go-build.
+    /// What the directory is: generic, go-mod, go-mod-trees, go-build.
     #[arg(long, default_value = "generic")]
     pub profile: String,
     /// Print one JSON object instead of a sentence.
@@ -143,9 +148,14 @@ pub struct PullArgs {
     /// Key prefixes to fall back to, in order, newest snapshot first.
     #[arg(long = "restore-key", value_name = "PREFIX")]
     pub restore_keys: Vec<String>,
-    /// Remove local files the snapshot does not have.
-    #[arg(long)]
+    /// Remove local files the snapshot does not have (only what the
+    /// snapshot's profile syncs: never extracted module trees under go-mod).
+    #[arg(long, conflicts_with = "go_sum")]
     pub delete: bool,
+    /// go-mod snapshots: restore only the module versions this go.sum names,
+    /// and their list files (repeatable).
+    #[arg(long = "go-sum", value_name = "FILE")]
+    pub go_sum: Vec<PathBuf>,
     /// Restore only snapshots written by this token (repeatable): a release
     /// job never restores what a pull-request job wrote.
     #[arg(long = "trusted-writer", value_name = "NAME")]
@@ -174,10 +184,61 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `cachesync verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// What the directory is: go-mod (or go-mod-trees).
+    #[arg(long, default_value = "go-mod")]
+    pub profile: String,
+    /// Also compare with the hashes of this go.sum (repeatable).
+    #[arg(long = "go-sum", value_name = "FILE")]
+    pub go_sum: Vec<PathBuf>,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The module cache (GOMODCACHE, $GOPATH/pkg/mod).
+    pub dir: PathBuf,
+}
+
+/// `cachesync gc`: on a node (`--profile P DIR`) or on a mirror's store (`--store DIR`).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["profile", "store"])))]
+pub struct GcArgs {
+    /// Node: what DIR is, go-mod (or go-mod-trees) or go-build.
+    #[arg(long, requires = "dir", conflicts_with = "store")]
+    pub profile: Option<String>,
+    /// Node: remove what was not used for this long (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    /// Node: then remove the least recently used until the cache fits (e.g. 10GiB, 500MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Node: never remove what this go.sum needs (repeatable; go-mod).
+    #[arg(long = "keep-go-sum", value_name = "FILE")]
+    pub keep_go_sum: Vec<PathBuf>,
+    /// Mirror: the store directory to clean (default: mirror.store).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub store: Option<String>,
+    /// Mirror: keep the newest N snapshots of each key.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u64>,
+    /// Mirror: drop snapshots older than this (e.g. 90d); a key's newest always stays.
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// List what would be removed and the bytes freed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Node: the cache directory.
+    pub dir: Option<PathBuf>,
+}
+
 /// `cachesync scan`.
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// What the directory is: generic, go-mod, go-build.
+    /// What the directory is: generic, go-mod, go-mod-trees, go-build.
     #[arg(long, default_value = "generic")]
     pub profile: String,
     /// Print JSON.

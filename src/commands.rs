@@ -1,6 +1,8 @@
 //! One short adapter per subcommand: settings in, library call, output out.
 //! The only place (with `main.rs`) where `anyhow` is used.
 
+mod go;
+
 use std::time::Instant;
 
 use anyhow::Context;
@@ -27,6 +29,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Pull(args) => pull(args, settings).await,
         Command::Status(args) => status(args, settings).await,
         Command::Scan(args) => scan(args),
+        Command::Verify(args) => go::verify(args).await,
+        Command::Gc(args) => go::gc(args, settings).await,
         Command::Replicate(args) => replicate(args, settings).await,
         Command::Agent(_) => agent(settings).await,
     }
@@ -100,8 +104,15 @@ async fn pull(args: PullArgs, settings: Settings) -> anyhow::Result<()> {
         trusted_writers: args.trusted_writers,
     };
     req.validate()?;
+    let go_sum = crate::profile::go::gosum::read_all(&args.go_sum)?;
     let mut client = connect(&settings).await?;
-    let report = match sync::pull(&mut client, &req, &sync_options(&settings, args.json)).await {
+    let opts = sync_options(&settings, args.json);
+    let pulled = if args.go_sum.is_empty() {
+        sync::pull(&mut client, &req, &opts).await
+    } else {
+        sync::pull_go_sum(&mut client, &req, &opts, &go_sum).await
+    };
+    let report = match pulled {
         Err(SyncError::Miss(key)) if !args.fail_on_miss => {
             let miss = Report { key: key.clone(), requested_key: key.clone(), ..Report::default() };
             step_outputs(&miss)?;
@@ -115,6 +126,9 @@ async fn pull(args: PullArgs, settings: Settings) -> anyhow::Result<()> {
         other => other?,
     };
     step_outputs(&report)?;
+    for m in report.missing.iter().filter(|_| !args.json) {
+        eprintln!("cachesync: warning: the snapshot lacks {m}, which the go.sum files name");
+    }
     print_report(&report, args.json, "restored", &args.dir);
     Ok(())
 }

@@ -39,8 +39,9 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),
         Command::Status(a) => add("client.mirror", &a.url.mirror),
-        Command::Scan(_) => {}
         Command::Agent(a) => add("agent.listen", &a.listen),
+        Command::Gc(a) => add("mirror.store", &a.store.clone().filter(|s| !s.is_empty())),
+        Command::Scan(_) | Command::Verify(_) => {}
     }
     flags
 }

@@ -20,15 +20,19 @@ pub enum Profile {
     /// Any directory: nothing immutable, only our own staging skipped.
     #[default]
     Generic,
-    /// Go's module cache (`GOMODCACHE`, `$GOPATH/pkg/mod`).
+    /// Go's module cache (`GOMODCACHE`, `$GOPATH/pkg/mod`): its download
+    /// cache only (`cache/download`), from which Go builds offline.
     GoMod,
+    /// Go's module cache with the extracted, read-only module trees too
+    /// (`go-mod-trees`): bigger, but a node needs no unzipping.
+    GoModTrees,
     /// Go's build cache (`GOCACHE`).
     GoBuild,
 }
 
 /// A profile name that is not known.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown profile {0:?} (known: generic, go-mod, go-build)")]
+#[error("unknown profile {0:?} (known: generic, go-mod, go-mod-trees, go-build)")]
 pub struct UnknownProfile(pub String);
 
 impl FromStr for Profile {
@@ -38,6 +42,7 @@ impl FromStr for Profile {
         match s {
             "generic" | "" => Ok(Profile::Generic),
             "go-mod" => Ok(Profile::GoMod),
+            "go-mod-trees" => Ok(Profile::GoModTrees),
             "go-build" => Ok(Profile::GoBuild),
             other => Err(UnknownProfile(other.to_string())),
         }
@@ -49,23 +54,31 @@ impl fmt::Display for Profile {
         f.write_str(match self {
             Profile::Generic => "generic",
             Profile::GoMod => "go-mod",
+            Profile::GoModTrees => "go-mod-trees",
             Profile::GoBuild => "go-build",
         })
     }
 }
 
 impl Profile {
-    /// True when `path` (relative, `/`-separated) must never be synced.
+    /// True for the module-cache profiles (`go-mod`, `go-mod-trees`): their
+    /// roots hold `cache/download`, which `verify` checks and the mirror
+    /// checks on every commit.
+    pub fn is_go_mod(&self) -> bool {
+        matches!(self, Profile::GoMod | Profile::GoModTrees)
+    }
+
+    /// True when `path` (relative, `/`-separated) must never be synced. For
+    /// a directory, nothing under it is synced either.
     pub fn skips(&self, path: &str) -> bool {
         if path == STAGING_DIR || path.starts_with(".cachesync.tmp/") {
             return true;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
         match self {
             Profile::Generic => false,
-            Profile::GoMod | Profile::GoBuild => {
-                name.ends_with(".lock") || name.ends_with(".partial") || name.ends_with(".tmp")
-            }
+            Profile::GoMod => go::rules::go_mod_skips(path, false),
+            Profile::GoModTrees => go::rules::go_mod_skips(path, true),
+            Profile::GoBuild => go::rules::go_build_skips(path),
         }
     }
 
@@ -74,25 +87,10 @@ impl Profile {
     pub fn is_immutable(&self, path: &str) -> bool {
         match self {
             Profile::Generic => false,
-            Profile::GoMod => go_mod_immutable(path),
-            Profile::GoBuild => go_build_immutable(path),
+            Profile::GoMod | Profile::GoModTrees => go::rules::go_mod_immutable(path),
+            Profile::GoBuild => go::rules::go_build_immutable(path),
         }
     }
-}
-
-/// In the module cache everything is immutable except the `list` files and
-/// the checksum database's tiles and latest pointers, which grow in place.
-fn go_mod_immutable(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    !(name == "list" || path.starts_with("cache/download/sumdb/"))
-}
-
-/// Build-cache entries live in two-hex-digit directories and are named by
-/// their content hash (`<hash>-a` action entries, `<hash>-d` outputs).
-fn go_build_immutable(path: &str) -> bool {
-    let mut parts = path.splitn(2, '/');
-    let dir = parts.next().unwrap_or("");
-    parts.next().is_some() && dir.len() == 2 && dir.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -101,7 +99,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_is_an_error() {
-        for p in [Profile::Generic, Profile::GoMod, Profile::GoBuild] {
+        for p in [Profile::Generic, Profile::GoMod, Profile::GoModTrees, Profile::GoBuild] {
             assert_eq!(p.to_string().parse::<Profile>().unwrap(), p);
         }
         assert!("cargo-ish".parse::<Profile>().is_err());
@@ -110,7 +108,7 @@ mod tests {
     #[test]
     fn go_profiles_skip_locks_and_partials_generic_only_staging() {
         assert!(Profile::GoMod.skips("cache/download/x/@v/v1.0.0.lock"));
-        assert!(Profile::GoMod.skips("golang.org/x/mod@v0.1.0.partial"));
+        assert!(Profile::GoMod.skips("cache/download/x/@v/v0.1.0.partial"));
         assert!(Profile::GoMod.skips("cache/download/x/@v/v1.0.0.zip123.tmp"));
         assert!(!Profile::GoMod.skips("cache/download/x/@v/v1.0.0.zip"));
         assert!(!Profile::Generic.skips("a.lock"));

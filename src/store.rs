@@ -20,6 +20,7 @@
 //! generation. This module knows nothing about gRPC.
 
 mod backend;
+mod gc;
 mod keys;
 mod read;
 mod snapshots;
@@ -34,6 +35,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+pub use gc::{Retention, Swept};
 pub use keys::{check_key, check_prefix};
 pub use snapshots::{Committed, NewSnapshot};
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use pull::{PullRequest, pull};
+pub use pull::{PullRequest, pull, pull_go_sum};
 pub use push::{PushRequest, push, push_manifest};
 
 use crate::delta::DeltaError;
@@ -82,6 +82,9 @@ pub enum SyncError {
     /// The root given is not a directory.
     #[error("{}: not a directory", .0.display())]
     NotADirectory(PathBuf),
+    /// A restore from go.sum files that cannot be done.
+    #[error("{0}")]
+    GoSum(String),
     /// An earlier pull into the root may not have reached the disk before
     /// the machine restarted.
     #[error(
@@ -134,6 +137,10 @@ pub struct Report {
     pub unchanged: bool,
     /// Wall time.
     pub duration_ms: u64,
+    /// Pull from go.sum files: what they name that the snapshot lacks
+    /// (`module@version`, or `module@version/go.mod`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 impl Report {

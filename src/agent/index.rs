@@ -304,7 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         write_old(r, "done", b"old");
-        let mut index = Index::new(r, Profile::GoMod, HashCache::default());
+        let mut index = Index::new(r, Profile::GoModTrees, HashCache::default());
         index.rescan(Duration::from_secs(2)).unwrap();
         std::fs::write(r.join("done"), b"being rewritten").unwrap();
         std::fs::write(r.join("fresh"), b"just written").unwrap();

@@ -23,8 +23,10 @@ use crate::store::{SnapshotRecord, Store, StoreError};
 /// keys costs a listing and one small read per key.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The profile whose snapshots are served.
-const GO_MOD: &str = "go-mod";
+/// Whether a snapshot's profile holds a module cache (`go-mod`, `go-mod-trees`).
+fn is_go_mod(profile: &str) -> bool {
+    profile.parse::<crate::profile::Profile>().is_ok_and(|p| p.is_go_mod())
+}
 
 /// A file's content in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +163,7 @@ impl Catalog {
             return Ok(cached.index.clone());
         }
         let mut records: Vec<SnapshotRecord> =
-            self.store.list_latest(&self.keys).await?.into_iter().filter(|r| r.profile == GO_MOD).collect();
+            self.store.list_latest(&self.keys).await?.into_iter().filter(|r| is_go_mod(&r.profile)).collect();
         records.sort_by_key(|r| (r.created_unix_ms, r.generation));
         let sources: Sources = records.iter().map(|r| (r.key.clone(), r.generation)).collect();
         if sources != cached.sources || cached.checked.is_none() {

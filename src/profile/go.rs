@@ -268,3 +268,10 @@ mod tests {
         assert!(parse_download_path("cache/download/github.com/Bad/x/@v/v1.0.0.zip").is_err());
     }
 }
+
+pub mod dirhash;
+pub mod gc;
+pub mod gosum;
+pub mod rules;
+pub mod select;
+pub mod verify;

@@ -4,6 +4,8 @@
 //! streams are received and sent on the blocking pool through [`frames`].
 //! Errors become statuses only through [`ServerError`].
 
+mod gomod;
+
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -69,6 +71,8 @@ pub struct MirrorService {
     options: ServiceOptions,
     /// Commits buffer a whole manifest (up to 256 MiB): only a few at once.
     commits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Zip hashes of go-mod snapshots already verified.
+    zip_hashes: std::sync::Arc<gomod::ZipHashes>,
     metrics: Metrics,
     /// Every commit that changed a key, for whoever subscribed (the agent).
     committed: tokio::sync::broadcast::Sender<store::SnapshotRecord>,
@@ -102,6 +106,7 @@ impl MirrorService {
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
             metrics: Metrics::default(),
             committed: tokio::sync::broadcast::channel(64).0,
+            zip_hashes: Default::default(),
         }
     }
 
@@ -372,6 +377,9 @@ impl MirrorService {
                 missing[0]
             ))
             .into());
+        }
+        if header.profile.parse::<crate::profile::Profile>().is_ok_and(|p| p.is_go_mod()) {
+            gomod::check(&self.store, &manifest, &self.zip_hashes).await?;
         }
         self.store.put_manifest(&id, Bytes::from(bytes)).await.map_err(ServerError::from)?;
         let committed = self

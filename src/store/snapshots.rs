@@ -140,7 +140,7 @@ impl Store {
         Ok(out)
     }
 
-    async fn read_record(&self, location: &ObjPath) -> Result<SnapshotRecord> {
+    pub(super) async fn read_record(&self, location: &ObjPath) -> Result<SnapshotRecord> {
         let bytes = self.get(&self.durable, location, location.as_ref()).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Corrupt { what: location.to_string(), why: e.to_string() })

@@ -16,11 +16,14 @@ use crate::hash::Hash;
 use crate::hash::cache::{FileKey, HashCache};
 use crate::manifest::{Content, Entry, Manifest};
 use crate::profile::Profile;
+use crate::profile::go::gosum::SumLine;
+use crate::profile::go::select;
 use crate::progress::Progress;
 use crate::rpc::MAX_HASHES;
 use crate::rpc::client::Client;
 use crate::rpc::frames::{FrameError, FrameReceiver, Incoming, NewFile};
 use crate::scan;
+use crate::store::SnapshotRecord;
 
 /// What to pull.
 #[derive(Debug, Clone)]
@@ -77,12 +80,46 @@ type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
 /// [`SyncError::Miss`] when no snapshot matches; transport, mirror and local
 /// I/O errors. Files already placed are complete; nothing is half-written.
 pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) -> Result<Report, SyncError> {
+    pull_inner(client, req, opts, None).await
+}
+
+/// Like [`pull`], for a go-mod snapshot, restoring only the module versions
+/// the go.sum `lines` name (and their list files); never removes anything.
+/// [`Report::missing`] lists what the snapshot lacked.
+///
+/// # Errors
+///
+/// As [`pull`]; [`SyncError::GoSum`] when the snapshot is not a module cache
+/// or `req.delete` is set.
+pub async fn pull_go_sum(
+    client: &mut Client,
+    req: &PullRequest,
+    opts: &SyncOptions,
+    lines: &[SumLine],
+) -> Result<Report, SyncError> {
+    if req.delete {
+        return Err(SyncError::GoSum("a restore from go.sum files never deletes: drop --delete".into()));
+    }
+    pull_inner(client, req, opts, Some(lines)).await
+}
+
+async fn pull_inner(
+    client: &mut Client,
+    req: &PullRequest,
+    opts: &SyncOptions,
+    go_sum: Option<&[SumLine]>,
+) -> Result<Report, SyncError> {
     let started = Instant::now();
     req.validate()?;
     let snapshot = client.resolve_trusted(&req.key, &req.restore_prefixes, &req.trusted_writers).await?;
     let snapshot = snapshot.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
-    let manifest = Arc::new(client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?);
+    let manifest = client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?;
     let profile: Profile = snapshot.profile.parse().unwrap_or_default();
+    let (manifest, missing) = match go_sum {
+        None => (manifest, Vec::new()),
+        Some(lines) => select_go_sum(&snapshot, profile, &manifest, lines)?,
+    };
+    let manifest = Arc::new(manifest);
     // Everything that can refuse the pull happens before the first write.
     let cache_file = cache_path(&opts.state_dir, &req.root);
     if let Pending::Rebooted { .. } = durability::pending(&opts.state_dir, &req.root) {
@@ -107,6 +144,7 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
         bytes: manifest.total_bytes(),
         files_hashed: local.hashed_files,
         unchanged: !writes,
+        missing,
         ..Report::default()
     };
     let job = Job {
@@ -132,6 +170,23 @@ pub async fn pull(client: &mut Client, req: &PullRequest, opts: &SyncOptions) ->
     report.finish(client, started);
     info!(key = %report.key, generation = report.generation, files = report.files, bytes_received = report.bytes_received, "pull finished");
     Ok(report)
+}
+
+/// The part of a go-mod snapshot that go.sum `lines` need, and what it lacks.
+fn select_go_sum(
+    snapshot: &SnapshotRecord,
+    profile: Profile,
+    manifest: &Manifest,
+    lines: &[SumLine],
+) -> Result<(Manifest, Vec<String>), SyncError> {
+    if !profile.is_go_mod() {
+        let (key, generation) = (&snapshot.key, snapshot.generation);
+        return Err(SyncError::GoSum(format!(
+            "{key}#{generation} is a {profile} snapshot, not a module cache (go-mod)"
+        )));
+    }
+    let s = select::select(manifest, lines).map_err(|e| SyncError::GoSum(e.to_string()))?;
+    Ok((s.manifest, s.missing))
 }
 
 /// Scans the destination (without writing to it) and finds the paths of

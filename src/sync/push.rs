@@ -53,7 +53,10 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     req.validate()?;
     super::make_durable(&opts.state_dir, &req.root).await?;
     let scanned = scan_root(req, opts).await?;
-    let local = scanned.manifest;
+    let local = match req.profile {
+        Profile::GoModTrees => without_partial_trees(&req.root, scanned.manifest)?,
+        _ => scanned.manifest,
+    };
     debug!(ms = started.elapsed().as_millis() as u64, hashed = scanned.hashed_files, "push: scanned");
     let mut report = Report {
         key: req.key.clone(),
@@ -160,6 +163,29 @@ async fn send(
     report.generation = snapshot.generation;
     report.unchanged = unchanged;
     Ok(Some(snapshot))
+}
+
+/// Leaves out the module trees Go is still extracting (their `.partial`
+/// marker exists): a receiver would take a half-extracted tree for a whole one.
+fn without_partial_trees(
+    root: &Path,
+    manifest: crate::manifest::Manifest,
+) -> Result<crate::manifest::Manifest, SyncError> {
+    let partial: Vec<String> = manifest
+        .entries()
+        .iter()
+        .filter(|e| e.content == crate::manifest::Content::Dir)
+        .filter(|e| crate::profile::go::rules::partial_marker(&e.path).is_some_and(|m| root.join(m).exists()))
+        .map(|e| e.path.clone())
+        .collect();
+    if partial.is_empty() {
+        return Ok(manifest);
+    }
+    debug!(trees = partial.len(), "leaving out module trees that Go is still extracting");
+    let inside =
+        |p: &str| partial.iter().any(|t| p == t || p.strip_prefix(t.as_str()).is_some_and(|r| r.starts_with('/')));
+    let kept = manifest.entries().iter().filter(|e| !inside(&e.path)).cloned().collect();
+    Ok(crate::manifest::Manifest::new(kept).map_err(scan::ScanError::from)?)
 }
 
 /// Scans the root, reusing and refreshing its hash cache.

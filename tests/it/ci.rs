@@ -75,7 +75,7 @@ async fn jobs_restore_add_and_save_and_the_next_job_gets_the_union() {
         let name = format!("mod{job}/v1.0.{job}.zip");
         write(&cache, &name, &random_bytes(job, 50_000));
         expected.push(name);
-        let push = PushRequest { root: cache.clone(), key: key.into(), profile: Profile::GoMod };
+        let push = PushRequest { root: cache.clone(), key: key.into(), profile: Profile::Generic };
         let report = sync::push(&mut connect(&mirror.url).await, &push, &options(&state)).await.unwrap();
         assert_eq!(report.blobs_whole, 1, "job {job} sends only what it added");
         assert!(report.bytes_sent < 80_000, "job {job} sent {}", report.bytes_sent);

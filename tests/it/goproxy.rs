@@ -68,8 +68,29 @@ pub fn add_version(root: &Path, dir: &str, module: &str, version: &str, seed: u6
     let info = format!("{{\"Version\":\"{version}\",\"Time\":\"2024-01-0{seed}T00:00:00Z\"}}");
     write(root, &format!("{base}.info"), info.as_bytes());
     write(root, &format!("{base}.mod"), format!("module {module}\n").as_bytes());
-    write(root, &format!("{base}.zip"), &random_bytes(seed, ZIP_BYTES));
-    write(root, &format!("{base}.ziphash"), b"h1:not-checked-here=");
+    let zip = module_zip(module, version, seed);
+    write(root, &format!("{base}.zip"), &zip);
+    let prefix = format!("{module}@{version}/");
+    let h1 = cachesync::profile::go::dirhash::hash_zip(std::io::Cursor::new(zip), &prefix).unwrap();
+    write(root, &format!("{base}.ziphash"), h1.as_bytes());
+}
+
+/// A valid module zip of exactly `ZIP_BYTES` bytes (the mirror refuses
+/// go-mod snapshots whose zips do not match their `.ziphash`): one stored
+/// file of pseudo-random bytes.
+pub fn module_zip(module: &str, version: &str, seed: u64) -> Vec<u8> {
+    use std::io::Write;
+    let build = |len: usize| {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file(format!("{module}@{version}/data.bin"), opts).unwrap();
+        zip.write_all(&random_bytes(seed, len)).unwrap();
+        zip.finish().unwrap().into_inner()
+    };
+    let overhead = build(0).len();
+    let zip = build(ZIP_BYTES - overhead);
+    assert_eq!(zip.len(), ZIP_BYTES);
+    zip
 }
 
 /// A module cache with example.com/Upper/mod v1.0.0 and v1.1.0-rc.1, a
@@ -130,7 +151,7 @@ async fn serves_lists_files_and_latest_from_go_mod_snapshots() {
     assert_eq!(module.header("content-type"), Some("text/plain; charset=utf-8"));
     let zip = http(&base, "GET", &format!("{m}/@v/v1.0.0.zip"), &[]).await;
     assert_eq!((zip.status, zip.header("content-type")), (200, Some("application/zip")));
-    assert!(zip.body == random_bytes(1, ZIP_BYTES), "the zip's bytes");
+    assert!(zip.body == module_zip("example.com/Upper/mod", "v1.0.0", 1), "the zip's bytes");
     let head = http(&base, "HEAD", &format!("{m}/@v/v1.0.0.zip"), &[]).await;
     assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(head.header("content-length"), Some(ZIP_BYTES.to_string().as_str()));
@@ -193,7 +214,7 @@ async fn entity_tags_and_ranges() {
     let t = tempfile::tempdir().unwrap();
     let (mirror, base) = upper_mirror(t.path()).await;
     let zip = "/example.com/!upper/mod/@v/v1.1.0-rc.1.zip";
-    let content = random_bytes(2, ZIP_BYTES);
+    let content = module_zip("example.com/Upper/mod", "v1.1.0-rc.1", 2);
     let etag = format!("\"{}\"", blake3_hex(&content));
 
     let whole = http(&base, "GET", zip, &[]).await;

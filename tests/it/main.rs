@@ -4,6 +4,8 @@ mod agent;
 mod ci;
 mod cli;
 mod deltas;
+mod gc;
+mod go;
 mod goproxy;
 mod helpers;
 mod hostile;

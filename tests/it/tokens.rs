@@ -37,7 +37,7 @@ async fn read_tokens_and_out_of_scope_keys_cannot_write() {
     let mirror = spawn_mirror_with_tokens(&t.path().join("store"), tokens.to_str().unwrap()).await;
     let src = t.path().join("src");
     write(&src, "mod.zip", &random_bytes(1, 200_000));
-    let push = |key: &str| PushRequest { root: src.clone(), key: key.into(), profile: Profile::GoMod };
+    let push = |key: &str| PushRequest { root: src.clone(), key: key.into(), profile: Profile::Generic };
     let opts = options(&t.path().join("state"));
 
     let err = as_token(&mirror.url, None).await.err().expect("no token, no entry").to_string();
