@@ -17,6 +17,29 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Replaces `path` with `bytes` whole: they are written to a temporary file
+/// beside it that is then renamed over it; missing parent directories are
+/// created. With `durable`, the file and its directory are fsynced, so the
+/// new content survives a crash.
+///
+/// # Errors
+///
+/// The first I/O error; `path` then keeps its old content.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("a file path needs a parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    if durable {
+        std::fs::File::open(&tmp)?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if durable {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Creates an unnamed file in directory `dir` (`O_TMPFILE`): it has no name
 /// until [`link_unnamed`] gives it one, and vanishes if the process dies first.
 ///

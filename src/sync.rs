@@ -197,13 +197,7 @@ fn load_base(state_dir: &Path, root: &Path) -> Option<Base> {
 
 fn save_base(state_dir: &Path, root: &Path, base: &Base) {
     let path = base_path(state_dir, root);
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(base).expect("bases serialize"))?;
-        std::fs::rename(&tmp, &path)
-    };
-    if let Err(e) = write() {
+    if let Err(e) = crate::fsutil::write_atomic(&path, &serde_json::to_vec(base).expect("bases serialize"), false) {
         tracing::warn!(path = %path.display(), error = %e, "could not record the base snapshot");
     }
 }

@@ -45,13 +45,8 @@ impl RootState {
     pub fn save(&self, state_dir: &Path, name: &str, cache: &HashCache) {
         let d = dir(state_dir, name);
         let json = d.join("state.json");
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&d)?;
-            let tmp = json.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("states serialize"))?;
-            std::fs::rename(&tmp, &json)
-        };
-        if let Err(e) = write() {
+        let bytes = serde_json::to_vec_pretty(self).expect("states serialize");
+        if let Err(e) = crate::fsutil::write_atomic(&json, &bytes, false) {
             tracing::warn!(path = %json.display(), error = %e, "could not save the agent's state");
         }
         if let Err((path, e)) = cache.save(&d.join("hashcache.bin")) {

@@ -67,17 +67,9 @@ pub(super) fn mark(state_dir: &Path, root: &Path) -> bool {
         return false;
     };
     let pulled_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let path = marker_path(state_dir, root);
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&Marker { boot_id, pulled_at }).expect("markers serialize"))?;
-        // The marker itself must survive a crash, or a restart would go unnoticed.
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(path.parent().expect("has a parent"))?.sync_all()
-    };
-    write().is_ok()
+    let marker = serde_json::to_vec(&Marker { boot_id, pulled_at }).expect("markers serialize");
+    // The marker itself must survive a crash, or a restart would go unnoticed.
+    fsutil::write_atomic(&marker_path(state_dir, root), &marker, true).is_ok()
 }
 
 /// Drops the marker (after a sync).
