@@ -7,7 +7,7 @@
 //! callers run them on the blocking pool.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::MAX_CHUNK;
@@ -234,6 +234,9 @@ pub(crate) struct Incoming {
     pub staged: PathBuf,
     /// The open file, when it has no name (`O_TMPFILE`): the handler names it.
     pub unnamed: Option<File>,
+    /// Unnamed files that received the same verified bytes, for the blob's
+    /// other paths (see [`NewFile::copies`]).
+    pub copies: Vec<File>,
 }
 
 /// A file a [`Staging`] factory made for one blob: named (a staging path, for
@@ -243,19 +246,25 @@ pub(crate) struct NewFile {
     pub file: File,
     /// Its name; `None` for an unnamed file.
     pub path: Option<PathBuf>,
+    /// More unnamed files that receive the same bytes, as they arrive: a
+    /// blob held at several paths is written to all of them at once, never
+    /// read back and copied. Only next to an unnamed `file`.
+    pub copies: Vec<File>,
 }
 
 impl NewFile {
     /// A named staging file.
     pub(crate) fn named((path, file): (PathBuf, File)) -> NewFile {
-        NewFile { file, path: Some(path) }
+        NewFile { file, path: Some(path), copies: Vec::new() }
     }
 }
 
 struct Current {
     incoming: Incoming,
-    /// Taken when the blob completes.
-    file: Option<BufWriter<File>>,
+    /// Taken when the blob completes. Frames are written as they come (at
+    /// most [`MAX_CHUNK`] each): a buffer would only copy them once more.
+    file: Option<File>,
+    copies: Vec<File>,
     hasher: Hasher,
     written: u64,
     limit: u64,
@@ -312,14 +321,16 @@ impl FrameReceiver {
         }
         cur.written += data.len() as u64;
         cur.hasher.update(&data);
-        let path = cur.incoming.staged.clone();
-        cur.file.as_mut().expect("open until complete").write_all(&data).map_err(io_err(&path))?;
+        let path = &cur.incoming.staged;
+        cur.file.as_mut().expect("open until complete").write_all(&data).map_err(io_err(path))?;
+        for copy in &mut cur.copies {
+            copy.write_all(&data).map_err(io_err(path))?;
+        }
         if !frame.last {
             return Ok(None);
         }
         let mut cur = self.current.take().expect("present");
         let file = cur.file.take().expect("open until complete");
-        let file = file.into_inner().map_err(|e| io_err(&path)(e.into_error()))?;
         if cur.incoming.delta_base.is_none() {
             let actual = cur.hasher.finalize();
             if actual != cur.incoming.hash || cur.written != cur.incoming.size {
@@ -329,6 +340,7 @@ impl FrameReceiver {
         cur.complete = true;
         if cur.incoming.staged.as_os_str().is_empty() {
             cur.incoming.unnamed = Some(file);
+            cur.incoming.copies = std::mem::take(&mut cur.copies);
         }
         let incoming = std::mem::replace(
             &mut cur.incoming,
@@ -338,6 +350,7 @@ impl FrameReceiver {
                 delta_base: None,
                 staged: PathBuf::new(),
                 unnamed: None,
+                copies: Vec::new(),
             },
         );
         Ok(Some(incoming))
@@ -357,11 +370,13 @@ impl FrameReceiver {
             return Err(FrameError::Protocol(format!("blob of {} bytes exceeds the limit", frame.size)));
         }
         let new = (self.staging)(&hash).map_err(|e| FrameError::Io { path: "staging file".into(), source: e })?;
+        let copies = if new.path.is_none() { new.copies } else { Vec::new() };
         let (file, staged) = (new.file, new.path.unwrap_or_default());
         let limit = if delta_base.is_some() { max_delta_len(frame.size) } else { frame.size };
         self.current = Some(Current {
-            incoming: Incoming { hash, size: frame.size, delta_base, staged, unnamed: None },
-            file: Some(BufWriter::with_capacity(256 << 10, file)),
+            incoming: Incoming { hash, size: frame.size, delta_base, staged, unnamed: None, copies: Vec::new() },
+            file: Some(file),
+            copies,
             hasher: Hasher::new(),
             written: 0,
             limit,

@@ -374,7 +374,12 @@ fn place_all(tree: &Tree, incoming: Incoming, entries: &[Entry], placed: &Placed
         Some(file) => record(first, &tree.place_unnamed(file, first).map_err(err)?, placed),
         None => place(tree, &incoming.staged, first, placed).map_err(err)?,
     }
-    for extra in entries.iter().skip(1) {
+    // Copies written alongside the first file hold the same verified bytes.
+    let written = incoming.copies.len();
+    for (copy, extra) in incoming.copies.iter().zip(&entries[1..]) {
+        record(extra, &tree.place_unnamed(copy, extra).map_err(err)?, placed);
+    }
+    for extra in entries.iter().skip(1 + written) {
         let copy = tree.stage_copy(&tree.path(&first.path), incoming.hash).map_err(err)?;
         let copy = copy.ok_or_else(|| FrameError::Handler(format!("{} changed while being copied", first.path)))?;
         place(tree, &copy, extra, placed).map_err(err)?;
@@ -405,12 +410,11 @@ impl Job {
         let max = targets.values().flatten().map(|e| e.size).max().unwrap_or(0);
         let targets = Arc::new(Mutex::new(targets));
         let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
-        // Each blob is written where its first entry goes, so that it can be linked in place.
+        // Each blob is written in the directories of its entries, so that it can be linked in place.
         let (t2, dests) = (tree.clone(), targets.clone());
         let new_file = move |hash: &Hash| {
-            let dest = dests.lock().expect("targets lock").get(hash).map(|entries| entries[0].path.clone());
-            match dest {
-                Some(dest) => t2.new_file(&dest),
+            match dests.lock().expect("targets lock").get(hash) {
+                Some(entries) => t2.new_file(&entries[0].path, entries[1..].iter().map(|e| e.path.as_str())),
                 None => t2.staging_file().map(NewFile::named), // refused by the handler
             }
         };

@@ -70,6 +70,15 @@ impl Drop for Tree {
     }
 }
 
+/// Most extra unnamed files one blob is written to at once (each holds a
+/// file descriptor until the blob is complete).
+pub(crate) const MAX_COPIES: usize = 16;
+
+/// The directory part of a relative path ("" for the root).
+fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
 fn mtime(ns: i64) -> FileTime {
     FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
 }
@@ -121,17 +130,21 @@ impl Tree {
     }
 
     /// A file for the content of `rel`: unnamed in `rel`'s directory (which
-    /// must exist) where the file system allows it, else in staging.
+    /// must exist) where the file system allows it, else in staging. An
+    /// unnamed file comes with unnamed copies for up to [`MAX_COPIES`] of
+    /// `others`, the other paths of the same content, so that the receiver
+    /// writes each byte to all of them; fewer come back when a directory
+    /// cannot take one, and the caller copies the rest itself.
     ///
     /// # Errors
     ///
     /// I/O errors creating it.
-    pub(crate) fn new_file(&self, rel: &str) -> io::Result<NewFile> {
-        if self.unnamed {
-            let dir = self.path(rel.rsplit_once('/').map_or("", |(dir, _)| dir));
-            if let Ok(file) = fsutil::create_unnamed(&dir) {
-                return Ok(NewFile { file, path: None });
-            }
+    pub(crate) fn new_file<'a>(&self, rel: &str, others: impl Iterator<Item = &'a str>) -> io::Result<NewFile> {
+        if self.unnamed
+            && let Ok(file) = fsutil::create_unnamed(&self.path(parent(rel)))
+        {
+            let copies = others.take(MAX_COPIES).map_while(|o| fsutil::create_unnamed(&self.path(parent(o))).ok());
+            return Ok(NewFile { file, path: None, copies: copies.collect() });
         }
         self.staging_file().map(NewFile::named)
     }
@@ -382,7 +395,7 @@ mod tests {
         let tree = Tree::open(&root, false, false).unwrap();
         fs::create_dir(root.join("d")).unwrap();
         for data in [&b"first"[..], b"second, longer"] {
-            let mut new = tree.new_file("d/a").unwrap();
+            let mut new = tree.new_file("d/a", std::iter::empty()).unwrap();
             assert!(new.path.is_none(), "this file system has unnamed files");
             new.file.write_all(data).unwrap();
             let before: Vec<_> = fs::read_dir(root.join("d")).unwrap().flatten().map(|e| e.file_name()).collect();

@@ -66,6 +66,33 @@ async fn pull_reproduces_the_pushed_tree_exactly() {
     unlock(t.path());
 }
 
+/// Content held at more paths than one blob is written to at once (16
+/// copies), in read-only directories, with its own mode and mtime at each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_held_at_many_paths_arrives_once_and_lands_at_every_one() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    let (small, large) = (b"Apache License 2.0\n".to_vec(), random_bytes(3, (2 << 20) + 77));
+    for i in 0..40 {
+        let dir = format!("mod/example.com/m{}@v1.0.{i}", i % 7);
+        for (name, data) in [("LICENSE", &small), ("testdata/blob.bin", &large)] {
+            let path = format!("{dir}/{name}");
+            write(&src, &path, data);
+            set_mode(&src.join(&path), if i % 2 == 0 { 0o444 } else { 0o644 });
+            set_mtime(&src.join(&path), 1_600_000_000 + i, i as u32);
+        }
+        set_mode(&src.join(&dir).join("testdata"), 0o555);
+    }
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = connect(&mirror.url).await;
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    sync::push(&mut client, &push, &options(&state)).await.unwrap();
+    let pulled = sync::pull(&mut client, &PullRequest::new(&dst, "k"), &options(&t.path().join("s2"))).await.unwrap();
+    assert_same_tree(&src, &dst);
+    assert!(pulled.bytes_received < 3 << 20, "each content crossed once: {}", pulled.bytes_received);
+    unlock(t.path());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_the_mirror_has_is_never_sent_again_whatever_the_key() {
     let t = tempfile::tempdir().unwrap();
