@@ -247,6 +247,12 @@ impl Client {
         self.loopback.load(Ordering::Relaxed)
     }
 
+    /// The zstd level to use on this connection for `configured`: none to a
+    /// mirror on this host (see [`Client::is_loopback`]).
+    pub fn wire_level(&self, configured: i32) -> i32 {
+        if self.is_loopback() { 0 } else { configured }
+    }
+
     /// The mirror's URL.
     pub fn url(&self) -> &str {
         &self.url

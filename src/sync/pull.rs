@@ -159,8 +159,7 @@ async fn pull_inner(
     report.blobs_delta = deltas;
     report.blobs_whole = whole.len() as u64;
     // Over loopback compression only costs CPU: ask the mirror not to.
-    let level = if client.is_loopback() { 0 } else { opts.compression_level };
-    job.fetch_whole(client, whole, opts.streams, level).await?;
+    job.fetch_whole(client, whole, opts.streams, client.wire_level(opts.compression_level)).await?;
     job.finish(plan.symlinks, cache, cache_file, sync).await?;
     if sync {
         durability::clear(&opts.state_dir, &req.root);

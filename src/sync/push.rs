@@ -213,12 +213,13 @@ async fn upload(
 ) -> Result<(u64, u64), SyncError> {
     let total: u64 = uploads.iter().map(upload_size).sum();
     let progress = Progress::bytes("push", total, opts.progress);
+    let level = client.wire_level(opts.compression_level);
     let (mut deltas, mut whole) = (0, Vec::new());
     for upload in uploads {
         match upload {
             Upload::Whole { .. } => whole.push(upload),
             Upload::Delta { hash, ref path, size, base } => {
-                if send_delta(client, &root.join(path), hash, size, base, opts.compression_level).await? {
+                if send_delta(client, &root.join(path), hash, size, base, level).await? {
                     deltas += 1;
                     progress.inc(size);
                 } else {
@@ -228,7 +229,7 @@ async fn upload(
         }
     }
     let whole_count = whole.len() as u64;
-    send_whole(client, root, whole, opts, progress.clone()).await?;
+    send_whole(client, root, whole, (opts.streams, level), progress.clone()).await?;
     progress.finish();
     Ok((deltas, whole_count))
 }
@@ -264,18 +265,17 @@ async fn send_delta(
     Ok(rejected.is_empty())
 }
 
-/// Sends whole files over `opts.streams` concurrent streams, balanced by size,
-/// so reading, compressing and the mirror's writing run in parallel.
+/// Sends whole files over `streams` concurrent streams, balanced by size, so
+/// reading, compressing (at `level`) and the mirror's writing run in parallel.
 async fn send_whole(
     client: &Client,
     root: &std::path::Path,
     uploads: Vec<Upload>,
-    opts: &SyncOptions,
+    (streams, level): (usize, i32),
     progress: Progress,
 ) -> Result<(), SyncError> {
-    let calls = split_balanced(uploads, upload_size, opts.streams).into_iter().map(|group| {
-        let (mut client, root, progress, level) =
-            (client.clone(), root.to_path_buf(), progress.clone(), opts.compression_level);
+    let calls = split_balanced(uploads, upload_size, streams).into_iter().map(|group| {
+        let (mut client, root, progress) = (client.clone(), root.to_path_buf(), progress.clone());
         async move {
             client
                 .put_blobs(move |send| {

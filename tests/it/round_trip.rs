@@ -183,14 +183,14 @@ async fn frames_compressed(url: &str, hash: cachesync::hash::Hash, level: Option
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_over_loopback_ask_the_mirror_not_to_compress() {
+async fn nothing_is_compressed_over_loopback() {
     let t = tempfile::tempdir().unwrap();
     let mirror = spawn_mirror(&t.path().join("store")).await;
     let text = b"func handler(w http.ResponseWriter, r *http.Request) error { return nil }\n".repeat(40_000);
     write(&t.path().join("src"), "index.txt", &text);
     let req = PushRequest { root: t.path().join("src"), key: "zstd/k".into(), profile: Profile::Generic };
     let pushed = sync::push(&mut connect(&mirror.url).await, &req, &options(&t.path().join("s1"))).await.unwrap();
-    assert!(pushed.bytes_sent < text.len() as u64 / 10, "a push compresses: {} bytes sent", pushed.bytes_sent);
+    assert!(pushed.bytes_sent > text.len() as u64, "{} bytes sent", pushed.bytes_sent);
 
     let pull = PullRequest::new(t.path().join("dst"), "zstd/k");
     let mut client = connect(&mirror.url).await;
