@@ -185,6 +185,16 @@ pub(crate) struct Base {
     key: String,
     generation: u64,
     manifest: String,
+    /// The mirror it is on: a push to another mirror is never skipped.
+    #[serde(default)]
+    mirror: String,
+}
+
+impl Base {
+    fn of(snapshot: &crate::store::SnapshotRecord, client: &Client) -> Base {
+        let (key, generation, manifest) = (snapshot.key.clone(), snapshot.generation, snapshot.manifest.clone());
+        Base { key, generation, manifest, mirror: client.url().to_string() }
+    }
 }
 
 fn base_path(state_dir: &Path, root: &Path) -> PathBuf {

@@ -164,8 +164,7 @@ async fn pull_inner(
     if sync {
         durability::clear(&opts.state_dir, &req.root);
     }
-    let base = Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
-    save_base(&opts.state_dir, &req.root, &base);
+    save_base(&opts.state_dir, &req.root, &Base::of(&snapshot, client));
     report.finish(client, started);
     info!(key = %report.key, generation = report.generation, files = report.files, bytes_received = report.bytes_received, "pull finished");
     Ok(report)

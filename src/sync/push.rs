@@ -68,7 +68,9 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     };
     let base = load_base(&opts.state_dir, &req.root);
     let base_label = base.as_ref().map(|b| format!("{}#{}", b.key, b.generation));
-    if let Some(b) = base.as_ref().filter(|b| b.key == req.key && b.manifest == report.manifest) {
+    if let Some(b) =
+        base.as_ref().filter(|b| b.key == req.key && b.manifest == report.manifest && b.mirror == client.url())
+    {
         debug!(key = %b.key, generation = b.generation, "nothing changed since this root's last pull or push");
         report.generation = b.generation;
         report.unchanged = true;
@@ -81,9 +83,7 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
         report.finish(client, started);
         return Ok(report);
     };
-    let pushed =
-        Base { key: snapshot.key.clone(), generation: snapshot.generation, manifest: snapshot.manifest.clone() };
-    save_base(&opts.state_dir, &req.root, &pushed);
+    save_base(&opts.state_dir, &req.root, &Base::of(&snapshot, client));
     report.finish(client, started);
     info!(key = %req.key, generation = report.generation, files = report.files, bytes_sent = report.bytes_sent, "push finished");
     Ok(report)

@@ -66,6 +66,22 @@ async fn pull_reproduces_the_pushed_tree_exactly() {
     unlock(t.path());
 }
 
+/// The record of a root's last push skips a second push of the same tree to
+/// the same mirror only: another mirror gets the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_root_is_still_pushed_to_another_mirror() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, opts) = (t.path().join("src"), options(&t.path().join("state")));
+    write(&src, "a.txt", b"hello");
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    let (a, b) = (spawn_mirror(&t.path().join("store-a")).await, spawn_mirror(&t.path().join("store-b")).await);
+    assert!(!sync::push(&mut connect(&a.url).await, &push, &opts).await.unwrap().unchanged);
+    assert!(sync::push(&mut connect(&a.url).await, &push, &opts).await.unwrap().unchanged);
+    let to_b = sync::push(&mut connect(&b.url).await, &push, &opts).await.unwrap();
+    assert!(!to_b.unchanged && to_b.generation == 1, "{to_b:?}");
+    assert_eq!(connect(&b.url).await.list_keys("").await.unwrap().len(), 1);
+}
+
 /// Content held at more paths than one blob is written to at once (16
 /// copies), in read-only directories, with its own mode and mtime at each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
