@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -139,34 +140,73 @@ pub struct Outcome {
 
 /// Checks every module version of `inv`, reading through `source`, against
 /// the go.sum lines in `sums` (lines for versions the cache lacks are not
-/// problems: a build may not need every zip go.sum names).
-pub fn verify(inv: &Inventory, source: &dyn Source, sums: &[SumLine]) -> Outcome {
-    let mut out = Outcome { problems: inv.problems.clone(), ..Outcome::default() };
+/// problems: a build may not need every zip go.sum names). Versions are
+/// checked on as many threads as there are cores (hashing a zip means
+/// inflating all of it); the problems come out in module order all the same.
+pub fn verify(inv: &Inventory, source: &(dyn Source + Sync), sums: &[SumLine]) -> Outcome {
     let mut by_version: BTreeMap<(&str, &str), Vec<&SumLine>> = BTreeMap::new();
     for line in sums {
         by_version.entry((&line.module, &line.version)).or_default().push(line);
     }
-    for ((module, version), files) in &inv.versions {
-        out.versions += 1;
-        let lines = by_version.get(&(module.as_str(), version.as_str())).map_or(&[][..], Vec::as_slice);
-        let mut check = Check { module, version, source, problems: &mut out.problems };
-        check.complete(files);
-        check.info(files);
-        let zip_hash = check.zip(files);
-        out.zips += u64::from(zip_hash.is_some());
-        let mod_hash = check.go_mod(files);
-        for line in lines.iter().filter(|l| l.hash.starts_with("h1:")) {
-            let (have, what) = if line.go_mod_only { (&mod_hash, ".mod") } else { (&zip_hash, ".zip") };
-            let Some(have) = have else { continue };
-            out.go_sum_lines_checked += 1;
-            if *have != line.hash {
-                check.problem(
-                    format!("its {what} hashes to {have}, but go.sum says {}", line.hash),
-                    "the cache does not hold what go.sum expects: remove the version's files and download it again (or check go.sum)",
-                );
-            }
+    let versions: Vec<_> = inv.versions.iter().collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(((module, version), files)) = versions.get(i) else { return done };
+            let lines = by_version.get(&(module.as_str(), version.as_str())).map_or(&[][..], Vec::as_slice);
+            done.push((i, verify_version(module, version, files, source, lines)));
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(versions.len());
+    let mut results: Vec<(usize, Outcome)> = if threads <= 1 {
+        work()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+            handles.into_iter().flat_map(|h| h.join().expect("verify thread panicked")).collect()
+        })
+    };
+    results.sort_by_key(|(i, _)| *i);
+    let mut out = Outcome { problems: inv.problems.clone(), ..Outcome::default() };
+    for (_, one) in results {
+        out.versions += one.versions;
+        out.zips += one.zips;
+        out.go_sum_lines_checked += one.go_sum_lines_checked;
+        out.problems.extend(one.problems);
+    }
+    out
+}
+
+/// Checks one module version's files against its go.sum `lines`.
+fn verify_version(
+    module: &str,
+    version: &str,
+    files: &VersionFiles,
+    source: &dyn Source,
+    lines: &[&SumLine],
+) -> Outcome {
+    let mut out = Outcome { versions: 1, ..Outcome::default() };
+    let mut check = Check { module, version, source, problems: &mut out.problems };
+    check.complete(files);
+    check.info(files);
+    let zip_hash = check.zip(files);
+    let mod_hash = check.go_mod(files);
+    let mut checked = 0;
+    for line in lines.iter().filter(|l| l.hash.starts_with("h1:")) {
+        let (have, what) = if line.go_mod_only { (&mod_hash, ".mod") } else { (&zip_hash, ".zip") };
+        let Some(have) = have else { continue };
+        checked += 1;
+        if *have != line.hash {
+            check.problem(
+                format!("its {what} hashes to {have}, but go.sum says {}", line.hash),
+                "the cache does not hold what go.sum expects: remove the version's files and download it again (or check go.sum)",
+            );
         }
     }
+    out.zips = u64::from(zip_hash.is_some());
+    out.go_sum_lines_checked = checked;
     out
 }
 
