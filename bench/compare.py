@@ -33,8 +33,8 @@ daemon per transfer under GNU time, which counts the children it forked for the
 connection once they are reaped). Bytes on the wire: every transfer is run once
 more, in a separate last pass, through a byte-counting TCP proxy on 127.0.0.1
 that adds up the payload read from both sides; that pass's times are discarded.
-A cachesync pull from a loopback peer asks the mirror not to compress, so that
-pass also counts 1. once through a proxy on this machine's outside address.
+Nothing is compressed between cachesync and a loopback peer, so that pass
+also counts 1. once through a proxy on this machine's outside address.
 Every run has fresh destinations and a fresh mirror; no tree is deleted before
 the last timed run ends, only the ~100 files of 3.'s module version and the
 four copies of the big file (ext4 slows inode allocation for minutes after
@@ -283,7 +283,7 @@ def big_delta(p: Pass):
 
 
 def not_loopback(p: Pass):
-    """cachesync pulls from a loopback peer without compression; counts 1.
+    """cachesync pushes to and pulls from a loopback peer without compression; counts 1.
     once more as a remote node would see it, through a proxy on this machine's
     outside address (no timing: the proxy is in the way)."""
     ip = outside_address()

@@ -82,8 +82,19 @@ impl Profile {
         }
     }
 
-    /// True when `path` is an immutable, content-addressed entry: deduplicated
-    /// and sent whole, never delta-encoded.
+    /// The family of `path`: other versions of the same file (see
+    /// [`go::rules::go_mod_family`]), which make good delta bases for it
+    /// although it never changes in place. `None`: no such kin.
+    pub fn family(&self, path: &str) -> Option<String> {
+        match self {
+            Profile::GoMod | Profile::GoModTrees => go::rules::go_mod_family(path),
+            Profile::Generic | Profile::GoBuild => None,
+        }
+    }
+
+    /// True when `path` is an immutable, content-addressed entry: deduplicated,
+    /// never changed in place (so never delta-encoded against its own old
+    /// version; a new one may travel as a delta against its [`family`](Self::family)).
     pub fn is_immutable(&self, path: &str) -> bool {
         match self {
             Profile::Generic => false,

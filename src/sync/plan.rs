@@ -79,6 +79,8 @@ pub fn plan_pull(
     }
     let by_hash: HashMap<Hash, &str> =
         local.entries().iter().filter_map(|e| Some((e.file_hash()?, e.path.as_str()))).collect();
+    // Other versions of a file that stay in place: delta bases for new ones.
+    let kin = Kin::of(local.entries().iter().filter(|l| !delete || snapshot.get(&l.path) == Some(*l)), opts);
     for l in local.entries().iter().rev() {
         let wanted = snapshot.get(&l.path);
         let in_the_way = wanted.is_some_and(|w| kind(w) != kind(l));
@@ -96,6 +98,7 @@ pub fn plan_pull(
     let set: std::collections::HashSet<String> = plan.removals.iter().cloned().collect();
     plan.removals.retain(|p| !plan_has_parent(&set, p));
     let mut whole: BTreeMap<Hash, Vec<usize>> = BTreeMap::new();
+    let mut delta_at: HashMap<Hash, usize> = HashMap::new();
     let mut order = Vec::new();
     for (i, e) in snapshot.entries().iter().enumerate() {
         let here = local.get(&e.path).filter(|l| kind(l) == kind(e));
@@ -114,12 +117,17 @@ pub fn plan_pull(
                 } else if let Some(src) = by_hash.get(h) {
                     plan.local_copies.push((i, src.to_string()));
                 } else {
-                    let delta_base = here.filter(|l| {
-                        !opts.profile.is_immutable(&e.path)
-                            && l.size >= opts.delta_min_size
-                            && e.size >= opts.delta_min_size
-                    });
-                    if let Some(base) = delta_base {
+                    let delta_base = here
+                        .filter(|l| {
+                            !opts.profile.is_immutable(&e.path)
+                                && l.size >= opts.delta_min_size
+                                && e.size >= opts.delta_min_size
+                        })
+                        .or_else(|| kin.base_for(e, opts).filter(|_| !whole.contains_key(h)));
+                    if let Some(&at) = delta_at.get(h) {
+                        plan.deltas[at].1.push(i); // the same content again: one delta fills both
+                    } else if let Some(base) = delta_base {
+                        delta_at.insert(*h, plan.deltas.len());
                         plan.deltas.push((*h, vec![i], base.path.clone()));
                         plan.fetch_bytes = plan.fetch_bytes.saturating_add(e.size);
                     } else {
@@ -136,6 +144,38 @@ pub fn plan_pull(
     }
     plan.whole = order.into_iter().map(|h| (h, whole.remove(&h).unwrap_or_default())).collect();
     Ok(plan)
+}
+
+/// Files by family (see [`Profile::family`]) large enough to be delta bases
+/// for the other versions of themselves.
+struct Kin<'a>(HashMap<String, Vec<&'a Entry>>);
+
+impl<'a> Kin<'a> {
+    fn of(entries: impl Iterator<Item = &'a Entry>, opts: PlanOptions) -> Kin<'a> {
+        let mut kin = Kin(HashMap::new());
+        for e in entries {
+            kin.add(e, opts);
+        }
+        kin
+    }
+
+    fn add(&mut self, e: &'a Entry, opts: PlanOptions) {
+        if e.size >= opts.delta_min_size
+            && e.file_hash().is_some()
+            && let Some(family) = opts.profile.family(&e.path)
+        {
+            self.0.entry(family).or_default().push(e);
+        }
+    }
+
+    /// The version of `e` closest to it in size, if `e` is large enough.
+    fn base_for(&self, e: &Entry, opts: PlanOptions) -> Option<&'a Entry> {
+        if e.size < opts.delta_min_size {
+            return None;
+        }
+        let kin = self.0.get(&opts.profile.family(&e.path)?)?;
+        kin.iter().copied().filter(|k| k.content != e.content).min_by_key(|k| k.size.abs_diff(e.size))
+    }
 }
 
 fn plan_has_parent(set: &std::collections::HashSet<String>, path: &str) -> bool {
@@ -176,11 +216,14 @@ pub enum Upload {
 
 /// Plans a push: every blob of `local` that the mirror lacks (`missing`),
 /// as a delta where the previous snapshot (`previous`) has another version
-/// of the same path that is worth it, whole otherwise.
+/// of the same path that is worth it, or where the profile knows another
+/// version of the file (its family) that the mirror has or that this push
+/// sends whole; whole otherwise. Deltas must be sent after the whole files.
 pub fn plan_push(local: &Manifest, previous: Option<&Manifest>, missing: &[Hash], opts: PlanOptions) -> Vec<Upload> {
     let missing: std::collections::HashSet<&Hash> = missing.iter().collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
+    let mut kin = Kin::of(previous.into_iter().flat_map(Manifest::entries), opts);
     for e in local.entries() {
         let Some(hash) = e.file_hash() else { continue };
         if !missing.contains(&hash) || !seen.insert(hash) {
@@ -191,11 +234,15 @@ pub fn plan_push(local: &Manifest, previous: Option<&Manifest>, missing: &[Hash]
             .filter(|b| b.size >= opts.delta_min_size && e.size >= opts.delta_min_size)
             .filter(|_| !opts.profile.is_immutable(&e.path))
             .and_then(|b| b.file_hash())
-            .filter(|b| !missing.contains(b) && *b != hash);
+            .filter(|b| !missing.contains(b) && *b != hash)
+            .or_else(|| kin.base_for(e, opts).and_then(Entry::file_hash));
         let (path, size) = (e.path.clone(), e.size);
         out.push(match base {
             Some(base) => Upload::Delta { hash, path, size, base },
-            None => Upload::Whole { hash, path, size },
+            None => {
+                kin.add(e, opts); // on the mirror by the time deltas go
+                Upload::Whole { hash, path, size }
+            }
         });
     }
     out
@@ -213,6 +260,19 @@ mod tests {
     }
     fn m(entries: Vec<Entry>) -> Manifest {
         Manifest::new(entries).unwrap()
+    }
+    /// Like [`m`], with the parent directories of every entry.
+    fn with_dirs(mut entries: Vec<Entry>) -> Manifest {
+        let mut dirs = std::collections::BTreeSet::new();
+        for e in &entries {
+            let mut p = e.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                dirs.insert(parent.to_string());
+                p = parent;
+            }
+        }
+        entries.extend(dirs.iter().map(|p| d(p)));
+        m(entries)
     }
     const OPTS: PlanOptions = PlanOptions { delta_min_size: 100, profile: Profile::Generic };
 
@@ -267,6 +327,51 @@ mod tests {
         let prev = local.clone();
         let up = plan_push(&snap, Some(&prev), &[Hash::of(b"new")], opts);
         assert!(matches!(up[0], Upload::Whole { .. }));
+    }
+
+    #[test]
+    fn new_module_versions_travel_as_deltas_against_their_kin() {
+        let opts = PlanOptions { profile: Profile::GoModTrees, ..OPTS };
+        let zip = |v: &str, c: &[u8], size| f(&format!("cache/download/x.io/m/@v/{v}.zip"), c, size);
+        let tree = |v: &str, c: &[u8], size| f(&format!("x.io/m@{v}/big.go"), c, size);
+        let prev =
+            with_dirs(vec![zip("v1.0.0", b"z1", 5000), zip("v1.1.0", b"z11", 9000), tree("v1.0.0", b"t1", 4000)]);
+        let local = with_dirs(vec![
+            zip("v1.0.0", b"z1", 5000),
+            zip("v1.1.0", b"z11", 9000),
+            zip("v1.2.0", b"z12", 8000),
+            tree("v1.0.0", b"t1", 4000),
+            tree("v1.2.0", b"t12", 50),
+            f("x.io/other@v1.0.0/big.go", b"o", 4000),
+            f("x.io/other@v2.0.0/big.go", b"o2", 4000),
+        ]);
+        let missing = [&b"z12"[..], b"t12", b"o", b"o2"].map(Hash::of);
+        let up = plan_push(&local, Some(&prev), &missing, opts);
+        let (z12, o) = ("cache/download/x.io/m/@v/v1.2.0.zip", "x.io/other@v1.0.0/big.go");
+        assert_eq!(
+            up,
+            vec![
+                Upload::Delta { hash: missing[0], path: z12.into(), size: 8000, base: Hash::of(b"z11") },
+                Upload::Whole { hash: missing[1], path: "x.io/m@v1.2.0/big.go".into(), size: 50 },
+                Upload::Whole { hash: missing[2], path: o.into(), size: 4000 },
+                Upload::Delta {
+                    hash: missing[3],
+                    path: "x.io/other@v2.0.0/big.go".into(),
+                    size: 4000,
+                    base: missing[2]
+                },
+            ],
+            "the closest size of kin the mirror has or gets whole first; small files whole"
+        );
+        // A pull the other way: kin found locally; with --delete, only kin that stays.
+        let plan = plan_pull(&local, &prev, opts, false, &[]).unwrap();
+        let at = local.entries().iter().position(|e| e.path == z12).unwrap();
+        let zip_delta = (missing[0], vec![at], "cache/download/x.io/m/@v/v1.1.0.zip".to_string());
+        assert_eq!(plan.deltas, vec![zip_delta]);
+        let snap = with_dirs(vec![zip("v1.2.0", b"z12", 8000)]);
+        assert!(plan_pull(&snap, &prev, opts, true, &[]).unwrap().deltas.is_empty());
+        let generic = plan_push(&local, Some(&prev), &missing, OPTS);
+        assert!(generic.iter().all(|u| matches!(u, Upload::Whole { .. })), "generic files have no kin");
     }
 
     #[test]

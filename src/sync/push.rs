@@ -203,8 +203,9 @@ async fn scan_root(req: &PushRequest, opts: &SyncOptions) -> Result<scan::Scan, 
     Ok(scanned)
 }
 
-/// Sends the planned blobs: deltas one by one (each needs the mirror's
-/// signature), then everything else whole. Returns (deltas, whole) counts.
+/// Sends the planned blobs: whole files first (some are the bases of the
+/// deltas), then deltas one by one (each needs the mirror's signature), then
+/// whole the deltas the mirror refused. Returns (deltas, whole) counts.
 async fn upload(
     client: &mut Client,
     root: &Path,
@@ -214,24 +215,25 @@ async fn upload(
     let total: u64 = uploads.iter().map(upload_size).sum();
     let progress = Progress::bytes("push", total, opts.progress);
     let level = client.wire_level(opts.compression_level);
-    let (mut deltas, mut whole) = (0, Vec::new());
-    for upload in uploads {
-        match upload {
-            Upload::Whole { .. } => whole.push(upload),
-            Upload::Delta { hash, ref path, size, base } => {
-                if send_delta(client, &root.join(path), hash, size, base, level).await? {
-                    deltas += 1;
-                    progress.inc(size);
-                } else {
-                    whole.push(Upload::Whole { hash, path: path.clone(), size });
-                }
+    let (whole, deltas): (Vec<Upload>, Vec<Upload>) =
+        uploads.into_iter().partition(|u| matches!(u, Upload::Whole { .. }));
+    let mut whole_count = whole.len() as u64;
+    send_whole(client, root, whole, (opts.streams, level), progress.clone()).await?;
+    let (mut sent_as_delta, mut refused) = (0, Vec::new());
+    for upload in deltas {
+        if let Upload::Delta { hash, ref path, size, base } = upload {
+            if send_delta(client, &root.join(path), hash, size, base, level).await? {
+                sent_as_delta += 1;
+                progress.inc(size);
+            } else {
+                refused.push(Upload::Whole { hash, path: path.clone(), size });
             }
         }
     }
-    let whole_count = whole.len() as u64;
-    send_whole(client, root, whole, (opts.streams, level), progress.clone()).await?;
+    whole_count += refused.len() as u64;
+    send_whole(client, root, refused, (opts.streams, level), progress.clone()).await?;
     progress.finish();
-    Ok((deltas, whole_count))
+    Ok((sent_as_delta, whole_count))
 }
 
 fn upload_size(u: &Upload) -> u64 {

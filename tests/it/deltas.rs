@@ -53,3 +53,33 @@ async fn second_push_of_a_one_percent_change_sends_under_five_percent() {
     assert!(pulled.bytes_received < SIZE as u64 / 20, "pull received {} bytes of {SIZE}", pulled.bytes_received);
     assert_eq!(std::fs::read(old_copy.join("db/big.bin")).unwrap(), data);
 }
+
+/// A new version of a module carries files much like the old version's: each
+/// travels as a delta against its kin (rsync's `--fuzzy`), both ways, and a
+/// node that has the old version pulls only the difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_module_version_travels_as_a_delta_against_the_previous_one() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let v1 = random_bytes(41, 1 << 20);
+    let mut v2 = v1.clone();
+    for at in [1_000, 300_000, 700_000] {
+        v2[at..at + 1000].copy_from_slice(&random_bytes(at as u64, 1000));
+    }
+    write(&src, "x.io/m@v1.0.0/testdata/corpus.bin", &v1);
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let push = PushRequest { root: src.clone(), key: "gomod".into(), profile: Profile::GoModTrees };
+    let pull = PullRequest::new(&dst, "gomod");
+    let (push_opts, pull_opts) = (options(&t.path().join("s1")), options(&t.path().join("s2")));
+    sync::push(&mut connect(&mirror.url).await, &push, &push_opts).await.unwrap();
+    sync::pull(&mut connect(&mirror.url).await, &pull, &pull_opts).await.unwrap();
+
+    write(&src, "x.io/m@v1.1.0/testdata/corpus.bin", &v2);
+    let pushed = sync::push(&mut connect(&mirror.url).await, &push, &push_opts).await.unwrap();
+    assert_eq!((pushed.blobs_delta, pushed.blobs_whole), (1, 0), "{pushed:?}");
+    assert!(pushed.bytes_sent < (v2.len() / 10) as u64, "sent {}", pushed.bytes_sent);
+    let pulled = sync::pull(&mut connect(&mirror.url).await, &pull, &pull_opts).await.unwrap();
+    assert_eq!((pulled.blobs_delta, pulled.blobs_whole), (1, 0), "{pulled:?}");
+    assert!(pulled.bytes_received < (v2.len() / 10) as u64, "received {}", pulled.bytes_received);
+    assert_same_tree(&src, &dst);
+}

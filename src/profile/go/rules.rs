@@ -52,6 +52,21 @@ pub fn go_mod_immutable(path: &str) -> bool {
     !(name == "list" || path.starts_with("cache/download/sumdb/"))
 }
 
+/// The family of a module-cache path: the same file in every version of one
+/// module (`cache/download/<m>/@v/*.zip`, `<m>@*/<path in the tree>`), so
+/// that a new version can travel as a delta against another one, as rsync's
+/// `--fuzzy` does. `None` for the rest (`.info`, `.mod`, lists, sumdb).
+pub fn go_mod_family(path: &str) -> Option<String> {
+    if let Some(rest) = path.strip_prefix("cache/") {
+        let (dir, name) = rest.strip_prefix("download/")?.rsplit_once("/@v/")?;
+        return name.ends_with(".zip").then(|| format!("cache/download/{dir}/@v/*.zip"));
+    }
+    let at = path.find('@')?;
+    let (module, version_and_rest) = path.split_at(at);
+    let (_, rest) = version_and_rest.split_once('/')?;
+    Some(format!("{module}@*/{rest}"))
+}
+
 /// For an extracted module tree (`example.com/!x@v1.0.0`, escaped as on
 /// disk), Go's marker that it is still being extracted
 /// (`cache/download/example.com/!x/@v/v1.0.0.partial`); `None` for other paths.
@@ -84,6 +99,17 @@ pub fn go_build_immutable(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_group_the_versions_of_one_file() {
+        let fam = |p| super::go_mod_family(p);
+        assert_eq!(fam("cache/download/x.io/!m/@v/v1.0.0.zip").as_deref(), Some("cache/download/x.io/!m/@v/*.zip"));
+        assert_eq!(fam("cache/download/x.io/!m/@v/v1.0.0.mod"), None);
+        assert_eq!(fam("cache/download/sumdb/sum.golang.org/lookup/x@v1"), None);
+        assert_eq!(fam("x.io/!m@v1.0.0/a/b.go").as_deref(), Some("x.io/!m@*/a/b.go"));
+        assert_eq!(fam("x.io/!m@v1.0.0"), None);
+        assert_eq!(fam("README"), None);
+    }
 
     #[test]
     fn go_mod_syncs_the_download_cache_and_trees_only_on_request() {
