@@ -3,8 +3,10 @@
 //! A pull compares the snapshot with the destination's own manifest: content
 //! already present (at the path or anywhere else in the root) is reused,
 //! files that change in place get a delta against the local version when the
-//! profile says deltas pay there, everything else is fetched whole, once per
-//! distinct blob. A push decides, per blob the mirror lacks, between a delta
+//! profile says deltas pay there, new versions of a file the profile knows
+//! the kin of (see [`Profile::family`]) a delta against a local kin or one
+//! fetched whole first, everything else is fetched whole, once per distinct
+//! blob. A push decides, per blob the mirror lacks, between a delta
 //! against the previous snapshot's version of the same path and the whole file.
 
 use std::collections::{BTreeMap, HashMap};
@@ -80,7 +82,7 @@ pub fn plan_pull(
     let by_hash: HashMap<Hash, &str> =
         local.entries().iter().filter_map(|e| Some((e.file_hash()?, e.path.as_str()))).collect();
     // Other versions of a file that stay in place: delta bases for new ones.
-    let kin = Kin::of(local.entries().iter().filter(|l| !delete || snapshot.get(&l.path) == Some(*l)), opts);
+    let mut kin = Kin::of(local.entries().iter().filter(|l| !delete || snapshot.get(&l.path) == Some(*l)), opts);
     for l in local.entries().iter().rev() {
         let wanted = snapshot.get(&l.path);
         let in_the_way = wanted.is_some_and(|w| kind(w) != kind(l));
@@ -135,6 +137,7 @@ pub fn plan_pull(
                         if targets.is_empty() {
                             order.push(*h);
                             plan.fetch_bytes = plan.fetch_bytes.saturating_add(e.size);
+                            kin.add(e, opts); // fetched before the deltas
                         }
                         targets.push(i);
                     }
@@ -365,11 +368,17 @@ mod tests {
         );
         // A pull the other way: kin found locally; with --delete, only kin that stays.
         let plan = plan_pull(&local, &prev, opts, false, &[]).unwrap();
-        let at = local.entries().iter().position(|e| e.path == z12).unwrap();
-        let zip_delta = (missing[0], vec![at], "cache/download/x.io/m/@v/v1.1.0.zip".to_string());
-        assert_eq!(plan.deltas, vec![zip_delta]);
+        let at = |p: &str| local.entries().iter().position(|e| e.path == p).unwrap();
+        let zip_delta = (missing[0], vec![at(z12)], "cache/download/x.io/m/@v/v1.1.0.zip".to_string());
+        let o2 = "x.io/other@v2.0.0/big.go";
+        assert_eq!(plan.deltas, vec![zip_delta, (missing[3], vec![at(o2)], o.to_string())], "o is fetched first");
         let snap = with_dirs(vec![zip("v1.2.0", b"z12", 8000)]);
         assert!(plan_pull(&snap, &prev, opts, true, &[]).unwrap().deltas.is_empty());
+        // Into an empty root: the first version whole, the others against it.
+        let plan = plan_pull(&prev, &Manifest::default(), opts, false, &[]).unwrap();
+        let bases: Vec<&str> = plan.deltas.iter().map(|d| d.2.as_str()).collect();
+        assert_eq!(bases, vec!["cache/download/x.io/m/@v/v1.0.0.zip"]);
+        assert_eq!(plan.whole.len(), 2, "v1.0.0.zip and the tree file");
         let generic = plan_push(&local, Some(&prev), &missing, OPTS);
         assert!(generic.iter().all(|u| matches!(u, Upload::Whole { .. })), "generic files have no kin");
     }

@@ -154,12 +154,17 @@ async fn pull_inner(
         progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
     };
     let refetch = job.prepare(&plan).await?;
-    let (deltas, mut whole) = job.fetch_deltas(client, &plan).await;
-    whole.extend(refetch);
-    report.blobs_delta = deltas;
-    report.blobs_whole = whole.len() as u64;
     // Over loopback compression only costs CPU: ask the mirror not to.
-    job.fetch_whole(client, whole, opts.streams, client.wire_level(opts.compression_level)).await?;
+    let level = client.wire_level(opts.compression_level);
+    // Whole blobs first: some are the bases of deltas (another version of a file).
+    let whole: Vec<_> = plan.whole.iter().cloned().chain(refetch).collect();
+    report.blobs_whole = whole.len() as u64;
+    job.fetch_whole(client, whole, opts.streams, level).await?;
+    let (deltas, failed) = job.fetch_deltas(client, &plan).await;
+    report.blobs_delta = deltas;
+    report.blobs_whole += failed.len() as u64;
+    job.fetch_whole(client, failed, opts.streams, level).await?;
+    job.progress.finish();
     job.finish(plan.symlinks, cache, cache_file, sync).await?;
     if sync {
         durability::clear(&opts.state_dir, &req.root);
@@ -273,9 +278,9 @@ impl Job {
     }
 
     /// Fetches the planned deltas; returns how many landed and the blobs to
-    /// fetch whole (the planned ones plus deltas that failed verification).
+    /// fetch whole instead (deltas that failed).
     async fn fetch_deltas(&self, client: &mut Client, plan: &PullPlan) -> (u64, Vec<(Hash, Vec<usize>)>) {
-        let mut whole = plan.whole.clone();
+        let mut whole = Vec::new();
         let mut landed = 0;
         for (hash, targets, base) in &plan.deltas {
             let entries: Vec<Entry> = targets.iter().map(|i| self.manifest.entries()[*i].clone()).collect();
@@ -312,7 +317,6 @@ impl Job {
             }
         });
         futures::future::try_join_all(calls).await?;
-        self.progress.finish();
         Ok(())
     }
 

@@ -82,4 +82,12 @@ async fn a_new_module_version_travels_as_a_delta_against_the_previous_one() {
     assert_eq!((pulled.blobs_delta, pulled.blobs_whole), (1, 0), "{pulled:?}");
     assert!(pulled.bytes_received < (v2.len() / 10) as u64, "received {}", pulled.bytes_received);
     assert_same_tree(&src, &dst);
+
+    // Into an empty root: one version whole, then the other against it.
+    let fresh = t.path().join("fresh");
+    let pull = PullRequest::new(&fresh, "gomod");
+    let pulled = sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("s3"))).await.unwrap();
+    assert_eq!((pulled.blobs_delta, pulled.blobs_whole), (1, 1), "{pulled:?}");
+    assert!(pulled.bytes_received < (v1.len() + v1.len() / 10) as u64, "received {}", pulled.bytes_received);
+    assert_same_tree(&src, &fresh);
 }
