@@ -134,6 +134,7 @@ impl Agent {
             progress: false,
             connect_timeout: settings.connect_timeout(),
             streams: t.streams,
+            fuzzy: t.fuzzy,
         };
         let shared = Arc::new(Shared {
             settle: config.settle,

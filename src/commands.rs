@@ -45,6 +45,7 @@ fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
         progress: !json,
         connect_timeout: settings.connect_timeout(),
         streams: settings.transfer.streams,
+        fuzzy: settings.transfer.fuzzy,
     }
 }
 

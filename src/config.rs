@@ -114,6 +114,8 @@ pub struct TransferSettings {
     pub fsync: bool,
     /// Concurrent blob streams per push or pull, 1 to 16.
     pub streams: usize,
+    /// New files as deltas against other versions of them: remote, always, never.
+    pub fuzzy: crate::sync::Fuzzy,
 }
 
 /// The mirror's replication from another mirror (connecting with the
@@ -212,7 +214,13 @@ impl Default for ClientSettings {
 
 impl Default for TransferSettings {
     fn default() -> Self {
-        TransferSettings { delta_min_size: 128 << 10, compression_level: 3, fsync: false, streams: 4 }
+        TransferSettings {
+            delta_min_size: 128 << 10,
+            compression_level: 3,
+            fsync: false,
+            streams: 4,
+            fuzzy: crate::sync::Fuzzy::Remote,
+        }
     }
 }
 

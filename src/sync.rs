@@ -42,6 +42,37 @@ pub struct SyncOptions {
     pub connect_timeout: Duration,
     /// Concurrent blob streams per transfer.
     pub streams: usize,
+    /// When a new file may travel as a delta against another version of it.
+    pub fuzzy: Fuzzy,
+}
+
+/// When a new file may travel as a delta against another version of itself
+/// (its family, see [`Profile::family`](crate::profile::Profile::family)),
+/// as rsync's `--fuzzy` does: it saves bytes, and costs a round trip and the
+/// CPU of a signature and a diff per file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fuzzy {
+    /// Except with a mirror on a loopback address, where bytes cost nothing
+    /// (rsync, too, copies whole files locally).
+    #[default]
+    Remote,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl SyncOptions {
+    /// How to plan a transfer of a `profile` root with `client`.
+    fn plan_options(&self, profile: crate::profile::Profile, client: &Client) -> plan::PlanOptions {
+        let kin = match self.fuzzy {
+            Fuzzy::Remote => !client.is_loopback(),
+            Fuzzy::Always => true,
+            Fuzzy::Never => false,
+        };
+        plan::PlanOptions { delta_min_size: self.delta_min_size, profile, kin }
+    }
 }
 
 /// Splits `items` into at most `n` groups of about equal total size (largest

@@ -22,6 +22,8 @@ pub struct PlanOptions {
     pub delta_min_size: u64,
     /// What the root is.
     pub profile: Profile,
+    /// Whether new files may be delta-encoded against their kin.
+    pub kin: bool,
 }
 
 /// What a pull will do. Entry indices refer to the snapshot manifest.
@@ -173,7 +175,7 @@ impl<'a> Kin<'a> {
 
     /// The version of `e` closest to it in size, if `e` is large enough.
     fn base_for(&self, e: &Entry, opts: PlanOptions) -> Option<&'a Entry> {
-        if e.size < opts.delta_min_size {
+        if !opts.kin || e.size < opts.delta_min_size {
             return None;
         }
         let kin = self.0.get(&opts.profile.family(&e.path)?)?;
@@ -277,7 +279,7 @@ mod tests {
         entries.extend(dirs.iter().map(|p| d(p)));
         m(entries)
     }
-    const OPTS: PlanOptions = PlanOptions { delta_min_size: 100, profile: Profile::Generic };
+    const OPTS: PlanOptions = PlanOptions { delta_min_size: 100, profile: Profile::Generic, kin: true };
 
     #[test]
     fn pull_reuses_local_content_and_fetches_the_rest_once() {

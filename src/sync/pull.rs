@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::durability::{self, Pending};
-use super::plan::{PlanOptions, PullPlan, plan_pull};
+use super::plan::{PullPlan, plan_pull};
 use super::tree::Tree;
 use super::{Base, Report, SyncError, SyncOptions, cache_path, save_base, save_cache, split_balanced};
 use crate::delta;
@@ -127,7 +127,7 @@ async fn pull_inner(
         let _ = std::fs::remove_file(&cache_file);
     }
     let (local, cache, unknown) = scan_destination(req, cache_file.clone(), profile, manifest.clone()).await?;
-    let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile };
+    let popts = opts.plan_options(profile, client);
     let plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
     let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
     let sync = opts.fsync || (writes && !durability::mark(&opts.state_dir, &req.root));

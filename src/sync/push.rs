@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
-use super::plan::{PlanOptions, Upload, plan_push};
+use super::plan::{Upload, plan_push};
 use super::{Base, Report, SyncError, SyncOptions, cache_path, load_base, save_base, save_cache, split_balanced};
 use crate::delta;
 use crate::hash::Hash;
@@ -156,7 +156,7 @@ async fn send(
     hashes.dedup();
     let missing = client.missing(&hashes).await?;
     debug!(asked = hashes.len(), missing = missing.len(), "push: asked what the receiver lacks");
-    let popts = PlanOptions { delta_min_size: opts.delta_min_size, profile: req.profile };
+    let popts = opts.plan_options(req.profile, client);
     let uploads = plan_push(local, previous.as_ref(), &missing, popts);
     (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
     let (snapshot, unchanged) = client.commit(&req.key, local, &req.profile.to_string(), restored_from).await?;
