@@ -7,7 +7,10 @@
 //! not read the file system (see `scan`) nor decide what to transfer (see
 //! `sync::plan`).
 
+pub mod diff;
+
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::codec::{Dec, Enc};
 use crate::hash::Hash;
@@ -132,21 +135,7 @@ impl Manifest {
         e.raw(MAGIC);
         e.u64(self.entries.len() as u64);
         for entry in &self.entries {
-            let kind = match entry.content {
-                Content::File(_) => 0,
-                Content::Dir => 1,
-                Content::Symlink(_) => 2,
-            };
-            e.u8(kind);
-            e.bytes(entry.path.as_bytes());
-            e.u64(entry.size);
-            e.u32(entry.mode);
-            e.i64(entry.mtime_ns);
-            match &entry.content {
-                Content::File(h) => e.raw(h.as_bytes()),
-                Content::Dir => {}
-                Content::Symlink(t) => e.bytes(t.as_bytes()),
-            }
+            encode_entry(&mut e, entry);
         }
         e.0
     }
@@ -211,6 +200,41 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+/// A manifest together with its id, both already checked: one a side holds
+/// (restored, pushed, or fetched and verified) and can diff against.
+#[derive(Debug, Clone)]
+pub struct Known {
+    /// The manifest id (blake3 of the canonical encoding).
+    pub id: Hash,
+    /// The manifest.
+    pub manifest: Arc<Manifest>,
+}
+
+impl Known {
+    /// Wraps a manifest, computing its id.
+    pub fn new(manifest: Arc<Manifest>) -> Known {
+        Known { id: manifest.id(), manifest }
+    }
+}
+
+fn encode_entry(e: &mut Enc, entry: &Entry) {
+    let kind = match entry.content {
+        Content::File(_) => 0,
+        Content::Dir => 1,
+        Content::Symlink(_) => 2,
+    };
+    e.u8(kind);
+    e.bytes(entry.path.as_bytes());
+    e.u64(entry.size);
+    e.u32(entry.mode);
+    e.i64(entry.mtime_ns);
+    match &entry.content {
+        Content::File(h) => e.raw(h.as_bytes()),
+        Content::Dir => {}
+        Content::Symlink(t) => e.bytes(t.as_bytes()),
     }
 }
 

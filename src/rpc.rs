@@ -66,6 +66,10 @@ pub enum ServerError {
     /// A stored blob whose content no longer matches its name (bit rot, tampering).
     #[error("the mirror's copy of blob {0} is corrupt: its content no longer matches its blake3")]
     Corrupt(Hash),
+    /// A commit's manifest diff cannot be used: the base is not held, or the
+    /// rebuilt manifest does not match its id. The client sends it whole.
+    #[error("{0}")]
+    UnusableDiff(String),
     /// A stream ended or broke.
     #[error("stream: {0}")]
     Stream(#[from] Status),
@@ -80,6 +84,7 @@ impl From<ServerError> for Status {
             ServerError::Store(StoreError::BadKey { .. }) => Code::InvalidArgument,
             ServerError::Delta(DeltaError::BadSignature(_) | DeltaError::BadDelta(_)) => Code::InvalidArgument,
             ServerError::Corrupt(_) => Code::DataLoss,
+            ServerError::UnusableDiff(_) => Code::Aborted,
             ServerError::Auth(crate::auth::AuthError::Unauthenticated(_)) => Code::Unauthenticated,
             ServerError::Auth(_) => Code::PermissionDenied,
             ServerError::Stream(s) => return s.clone(),

@@ -5,6 +5,7 @@
 //! script wants to know afterwards, bytes on the wire included.
 
 mod durability;
+mod held;
 pub mod plan;
 mod pull;
 mod push;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use held::load as held_manifest;
 pub use pull::{PullRequest, pull, pull_go_sum};
 pub use push::{PushRequest, push, push_manifest};
 

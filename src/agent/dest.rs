@@ -7,12 +7,14 @@
 //! successful push, so nothing written meanwhile is lost: the next push
 //! after the outage sends the root as it is then.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::manifest::Manifest;
+use crate::hash::Hash;
+use crate::manifest::{Known, Manifest};
 use crate::rpc::client::{Client, ConnectOptions};
 use crate::sync::{self, PushRequest, Report, SyncError, SyncOptions};
 
@@ -45,6 +47,8 @@ pub struct Dest {
     client: Option<Client>,
     /// The manifest (hex id) it is known to hold for the root's key.
     pub known: Option<String>,
+    /// The last manifest pushed there: the next push's manifests cross as diffs against it.
+    held: Option<Known>,
     failures: u32,
     retry_at: Option<Instant>,
     /// The last error, while it lasts.
@@ -54,7 +58,7 @@ pub struct Dest {
 impl Dest {
     /// A destination known to hold `known`.
     pub fn new(url: String, kind: &'static str, known: Option<String>) -> Dest {
-        Dest { url, kind, client: None, known, failures: 0, retry_at: None, last_error: None }
+        Dest { url, kind, client: None, known, held: None, failures: 0, retry_at: None, last_error: None }
     }
 
     /// Not waiting for a retry at `now`.
@@ -87,20 +91,23 @@ impl Dest {
     pub async fn push(
         &mut self,
         req: &PushRequest,
-        manifest: &Manifest,
+        manifest: &Arc<Manifest>,
         opts: &SyncOptions,
         connect: &ConnectOptions,
     ) -> Result<Report, SyncError> {
+        let held = self.held.take();
         let result = match self.client(connect).await {
-            Ok(client) => sync::push_manifest(client, req, manifest, opts).await,
+            Ok(client) => sync::push_manifest(client, req, manifest, held.as_ref(), opts).await,
             Err(e) => Err(e),
         };
         match result {
             Ok(report) => {
+                self.held = Hash::from_hex(&report.manifest).ok().map(|id| Known { id, manifest: manifest.clone() });
                 self.succeeded(&req.key, report.manifest.clone());
                 Ok(report)
             }
             Err(e) => {
+                self.held = held; // still there, most likely; a receiver that lost it takes whole manifests
                 self.failed(&req.key, &e);
                 Err(e)
             }

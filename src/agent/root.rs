@@ -341,7 +341,8 @@ impl RootTask {
             Ok(id) => id,
             Err(_) => snapshot.manifest_id()?,
         };
-        let manifest = client.manifest(id).await?;
+        let held = sync::held_manifest(&opts.state_dir, &self.cfg.path).await; // the pull just stored it
+        let manifest = client.manifest_since(id, held.as_ref()).await?.0.manifest;
         info!(root = %self.cfg.name, from = %dest.url, generation = report.generation, files = report.files, "applied a snapshot");
         let index = self.index.clone();
         let differ = tokio::task::spawn_blocking(move || {

@@ -14,13 +14,17 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Code, Request, Status};
 
+mod manifests;
+
+pub use manifests::Via;
+
 use super::counting::Counted;
 pub use super::counting::Counters;
 use super::frames::{self, FrameError, FrameReceiver, Incoming};
 use super::pb::cache_sync_client::CacheSyncClient;
-use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION, pb};
+use super::{MAX_HASHES, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION, pb};
 use crate::hash::Hash;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::Manifest;
 use crate::store::SnapshotRecord;
 
 /// Why a call to a mirror failed.
@@ -187,6 +191,8 @@ pub struct Client {
     counters: Counters,
     url: String,
     loopback: Arc<AtomicBool>,
+    /// The mirror takes a commit's manifest as a diff.
+    manifest_diffs: bool,
 }
 
 impl Client {
@@ -231,7 +237,7 @@ impl Client {
         let inner = CacheSyncClient::with_interceptor(channel, Outgoing { authorization })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let mut client = Client { inner, counters, url: url.to_string(), loopback };
+        let mut client = Client { inner, counters, url: url.to_string(), loopback, manifest_diffs: false };
         client.hello().await?;
         Ok(client)
     }
@@ -283,6 +289,7 @@ impl Client {
         if resp.protocol != PROTOCOL_VERSION {
             return Err(ClientError::Version { url: self.url.clone(), theirs: resp.protocol });
         }
+        self.manifest_diffs = resp.manifest_diffs;
         Ok(())
     }
 
@@ -330,28 +337,14 @@ impl Client {
             .collect()
     }
 
-    /// Downloads, verifies and decodes a manifest.
+    /// Downloads, verifies and decodes a manifest, whole.
     ///
     /// # Errors
     ///
     /// Refusals, and [`ClientError::Invalid`] for bytes that do not match or validate.
     pub async fn manifest(&mut self, id: Hash) -> Result<Manifest, ClientError> {
-        let req = pb::GetManifestRequest { manifest_id: id.as_bytes().to_vec() };
-        let mut stream = self.inner.get_manifest(req).await.map_err(|s| self.refused(s))?.into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await.map_err(|s| self.refused(s))? {
-            if bytes.len() as u64 + chunk.data.len() as u64 > MAX_MANIFEST {
-                return Err(self.invalid("manifest", "larger than the limit"));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
-        if Hash::of(&bytes) != id {
-            return Err(self.invalid("manifest", format!("bytes do not hash to {id}")));
-        }
-        tokio::task::spawn_blocking(move || Manifest::decode(&bytes))
-            .await
-            .map_err(|e| self.invalid("manifest", e))?
-            .map_err(|e: ManifestError| self.invalid("manifest", e))
+        let (known, _) = self.manifest_since(id, None).await?;
+        Ok(Arc::unwrap_or_clone(known.manifest))
     }
 
     /// The hashes the mirror lacks, asked in bounded batches.
@@ -461,7 +454,8 @@ impl Client {
         frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
     }
 
-    /// Commits a manifest under `key`; returns the snapshot and whether it was unchanged.
+    /// Commits a manifest under `key`, whole; returns the snapshot and
+    /// whether it was unchanged.
     ///
     /// # Errors
     ///
@@ -473,22 +467,8 @@ impl Client {
         profile: &str,
         base: &str,
     ) -> Result<(SnapshotRecord, bool), ClientError> {
-        use pb::commit_frame::Frame;
-        let bytes = manifest.encode();
-        let header = pb::CommitHeader {
-            key: key.to_string(),
-            manifest_id: Hash::of(&bytes).as_bytes().to_vec(),
-            manifest_size: bytes.len() as u64,
-            profile: profile.to_string(),
-            base: base.to_string(),
-        };
-        let mut frames_ = vec![pb::CommitFrame { frame: Some(Frame::Header(header)) }];
-        frames_
-            .extend(bytes.chunks(MAX_CHUNK).map(|c| pb::CommitFrame { frame: Some(Frame::ManifestChunk(c.to_vec())) }));
-        let resp = self.inner.commit(futures::stream::iter(frames_)).await.map_err(|s| self.refused(s))?.into_inner();
-        let snapshot = resp.snapshot.ok_or_else(|| self.invalid("commit response", "no snapshot"))?;
-        let record = SnapshotRecord::try_from(snapshot).map_err(|e| self.invalid("snapshot", e))?;
-        Ok((record, resp.unchanged))
+        let (snapshot, unchanged, _) = self.commit_since(key, manifest, profile, base, None).await?;
+        Ok((snapshot, unchanged))
     }
 }
 

@@ -5,6 +5,7 @@
 //! Errors become statuses only through [`ServerError`].
 
 mod gomod;
+mod manifests;
 
 use std::pin::Pin;
 
@@ -23,7 +24,6 @@ use super::{ServerError, hash_from, hashes_from, pb};
 use crate::auth::{Auth, Identity};
 use crate::delta;
 use crate::hash::Hash;
-use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::store::{self, NewSnapshot, Store};
 
@@ -71,6 +71,8 @@ pub struct MirrorService {
     options: ServiceOptions,
     /// Commits buffer a whole manifest (up to 256 MiB): only a few at once.
     commits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Manifest diffs sent decode two manifests each: only a few at once.
+    diffs: std::sync::Arc<tokio::sync::Semaphore>,
     /// Zip hashes of go-mod snapshots already verified.
     zip_hashes: std::sync::Arc<gomod::ZipHashes>,
     metrics: Metrics,
@@ -104,6 +106,7 @@ impl MirrorService {
             store,
             options,
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
+            diffs: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMITS)),
             metrics: Metrics::default(),
             committed: tokio::sync::broadcast::channel(64).0,
             zip_hashes: Default::default(),
@@ -174,6 +177,7 @@ impl CacheSync for MirrorService {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             max_chunk: MAX_CHUNK as u32,
             max_hashes: MAX_HASHES as u32,
+            manifest_diffs: true,
         }))
     }
 
@@ -209,8 +213,10 @@ impl CacheSync for MirrorService {
         &self,
         req: Request<pb::GetManifestRequest>,
     ) -> Result<Response<Self::GetManifestStream>, Status> {
-        let id = hash_from(&req.into_inner().manifest_id, "manifest id")?;
-        let bytes = self.store.get_manifest(&id).await.map_err(ServerError::from)?;
+        let req = req.into_inner();
+        let id = hash_from(&req.manifest_id, "manifest id")?;
+        let base = (!req.base_id.is_empty()).then(|| hash_from(&req.base_id, "base manifest id")).transpose()?;
+        let bytes = manifests::to_send(&self.store, id, base, &self.diffs).await?;
         Ok(Response::new(chunked(bytes)))
     }
 
@@ -359,13 +365,10 @@ impl MirrorService {
         if header.base.len() > 300 || header.profile.len() > 64 {
             return Err(ServerError::BadRequest("base or profile too long".into()).into());
         }
-        if Hash::of(&bytes) != id {
-            return Err(ServerError::BadRequest("manifest bytes do not match the manifest id".into()).into());
-        }
-        let manifest = tokio::task::spawn_blocking(move || Manifest::decode(&bytes).map(|m| (m, bytes)))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let (manifest, bytes) = manifest.map_err(ServerError::from)?;
+        let (manifest, bytes) = match header.base_manifest_id.as_slice() {
+            [] => manifests::received_whole(bytes, id).await?,
+            base => manifests::received_diff(&self.store, hash_from(base, "base manifest id")?, bytes, id).await?,
+        };
         let mut hashes: Vec<Hash> = manifest.entries().iter().filter_map(|e| e.file_hash()).collect();
         hashes.sort_unstable();
         hashes.dedup();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::durability::{self, Pending};
 use super::plan::{PullPlan, plan_pull};
@@ -20,7 +20,7 @@ use crate::profile::go::gosum::SumLine;
 use crate::profile::go::select;
 use crate::progress::Progress;
 use crate::rpc::MAX_HASHES;
-use crate::rpc::client::Client;
+use crate::rpc::client::{Client, Via};
 use crate::rpc::frames::{FrameError, FrameReceiver, Incoming, NewFile};
 use crate::scan;
 use crate::store::SnapshotRecord;
@@ -113,13 +113,18 @@ async fn pull_inner(
     req.validate()?;
     let snapshot = client.resolve_trusted(&req.key, &req.restore_prefixes, &req.trusted_writers).await?;
     let snapshot = snapshot.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
-    let manifest = client.manifest(snapshot.manifest_id().map_err(SyncError::Key)?).await?;
+    let held = super::held::load(&opts.state_dir, &req.root).await;
+    let (fetched, via) = client.manifest_since(snapshot.manifest_id().map_err(SyncError::Key)?, held.as_ref()).await?;
+    drop(held);
+    debug!(?via, "pull: manifest");
     let profile: Profile = snapshot.profile.parse().unwrap_or_default();
     let (manifest, missing) = match go_sum {
-        None => (manifest, Vec::new()),
-        Some(lines) => select_go_sum(&snapshot, profile, &manifest, lines)?,
+        None => (fetched.manifest.clone(), Vec::new()),
+        Some(lines) => {
+            let (selected, missing) = select_go_sum(&snapshot, profile, &fetched.manifest, lines)?;
+            (Arc::new(selected), missing)
+        }
     };
-    let manifest = Arc::new(manifest);
     // Everything that can refuse the pull happens before the first write.
     let cache_file = cache_path(&opts.state_dir, &req.root);
     if let Pending::Rebooted { .. } = durability::pending(&opts.state_dir, &req.root) {
@@ -168,6 +173,9 @@ async fn pull_inner(
     job.finish(plan.symlinks, cache, cache_file, sync).await?;
     if sync {
         durability::clear(&opts.state_dir, &req.root);
+    }
+    if via != Via::Held {
+        super::held::save(&opts.state_dir, &req.root, fetched.manifest).await;
     }
     save_base(&opts.state_dir, &req.root, &Base::of(&snapshot, client));
     report.finish(client, started);

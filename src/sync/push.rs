@@ -1,6 +1,7 @@
 //! Push: scan a root, send the blobs the mirror lacks, commit a snapshot.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, info};
@@ -10,7 +11,7 @@ use super::{Base, Report, SyncError, SyncOptions, cache_path, load_base, save_ba
 use crate::delta;
 use crate::hash::Hash;
 use crate::hash::cache::HashCache;
-use crate::manifest::Manifest;
+use crate::manifest::{Known, Manifest};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::rpc::client::Client;
@@ -78,11 +79,18 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
         return Ok(report);
     }
     let previous_hint = base.and_then(|b| Hash::from_hex(&b.manifest).ok());
+    let held = match previous_hint {
+        Some(_) => super::held::load(&opts.state_dir, &req.root).await,
+        None => None,
+    };
     let restored_from = base_label.unwrap_or_default();
-    let Some(snapshot) = send(client, req, &local, previous_hint, &restored_from, opts, &mut report).await? else {
+    let from = Previous { hint: previous_hint, held, restored_from: &restored_from };
+    let local = Arc::new(local);
+    let Some(snapshot) = send(client, req, &local, from, opts, &mut report).await? else {
         report.finish(client, started);
         return Ok(report);
     };
+    super::held::save(&opts.state_dir, &req.root, local).await;
     save_base(&opts.state_dir, &req.root, &Base::of(&snapshot, client));
     report.finish(client, started);
     info!(key = %req.key, generation = report.generation, files = report.files, bytes_sent = report.bytes_sent, "push finished");
@@ -92,8 +100,10 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
 /// Pushes `local`, a manifest of `req.root` the caller prepared (the agent
 /// keeps one up to date from file events), without scanning the root or
 /// consulting its recorded base: only the receiver's newest snapshot of the
-/// key decides what is sent. Files that changed since `local` was made fail
-/// the push ([`SyncError::Client`]); nothing is committed then.
+/// key decides what is sent. `held` is a manifest the caller knows the
+/// receiver holds (the last one it pushed there): manifests then cross as
+/// diffs against it. Files that changed since `local` was made fail the push
+/// ([`SyncError::Client`]); nothing is committed then.
 ///
 /// # Errors
 ///
@@ -102,6 +112,7 @@ pub async fn push_manifest(
     client: &mut Client,
     req: &PushRequest,
     local: &Manifest,
+    held: Option<&Known>,
     opts: &SyncOptions,
 ) -> Result<Report, SyncError> {
     let started = Instant::now();
@@ -114,40 +125,51 @@ pub async fn push_manifest(
         manifest: local.id().to_hex(),
         ..Report::default()
     };
-    send(client, req, local, None, "", opts, &mut report).await?;
+    let from = Previous { hint: None, held: held.cloned(), restored_from: "" };
+    send(client, req, local, from, opts, &mut report).await?;
     report.finish(client, started);
     Ok(report)
 }
 
+/// What a push knows of the tree's past: the snapshot manifest it was
+/// restored from or last pushed as (`hint`), that manifest itself if this
+/// side holds it (`held`), and the snapshot's name for provenance.
+struct Previous<'a> {
+    hint: Option<Hash>,
+    held: Option<Known>,
+    restored_from: &'a str,
+}
+
 /// Sends what the receiver lacks of `local` and commits it; `None` when the
 /// key's newest snapshot already is `local`. Deltas are computed against the
-/// key's newest snapshot, or else against `previous_hint` (the snapshot this
-/// root was restored from, under a fallback restore key).
+/// key's newest snapshot, or else against `from.hint` (the snapshot this
+/// root was restored from, under a fallback restore key). Manifests cross as
+/// diffs against `from.held` and the previous manifest where both sides hold them.
 async fn send(
     client: &mut Client,
     req: &PushRequest,
     local: &Manifest,
-    previous_hint: Option<Hash>,
-    restored_from: &str,
+    from: Previous<'_>,
     opts: &SyncOptions,
     report: &mut Report,
 ) -> Result<Option<crate::store::SnapshotRecord>, SyncError> {
+    let held = from.held.as_ref();
     let (previous, newest) = match client.resolve(&req.key, &[]).await? {
         Some(s) if s.manifest == report.manifest => {
             report.generation = s.generation;
             report.unchanged = true;
             return Ok(None);
         }
-        Some(s) => (Some(client.manifest(s.manifest_id()?).await?), true),
-        None => match previous_hint {
-            Some(id) => (client.manifest(id).await.ok(), false),
+        Some(s) => (Some(client.manifest_since(s.manifest_id()?, held).await?.0), true),
+        None => match from.hint {
+            Some(id) => (client.manifest_since(id, held).await.ok().map(|(k, _)| k), false),
             None => (None, false),
         },
     };
     // Blobs of the key's newest snapshot are on the receiver (its commit
     // needed them all, and retention keeps them): ask only about the others.
     let held: std::collections::HashSet<Hash> = match (&previous, newest) {
-        (Some(p), true) => p.entries().iter().filter_map(|e| e.file_hash()).collect(),
+        (Some(p), true) => p.manifest.entries().iter().filter_map(|e| e.file_hash()).collect(),
         _ => Default::default(),
     };
     let mut hashes: Vec<_> =
@@ -157,9 +179,12 @@ async fn send(
     let missing = client.missing(&hashes).await?;
     debug!(asked = hashes.len(), missing = missing.len(), "push: asked what the receiver lacks");
     let popts = opts.plan_options(req.profile, client);
-    let uploads = plan_push(local, previous.as_ref(), &missing, popts);
+    let uploads = plan_push(local, previous.as_ref().map(|p| &*p.manifest), &missing, popts);
     (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
-    let (snapshot, unchanged) = client.commit(&req.key, local, &req.profile.to_string(), restored_from).await?;
+    let profile = req.profile.to_string();
+    let (snapshot, unchanged, via) =
+        client.commit_since(&req.key, local, &profile, from.restored_from, previous.as_ref()).await?;
+    debug!(?via, "push: committed");
     report.generation = snapshot.generation;
     report.unchanged = unchanged;
     Ok(Some(snapshot))

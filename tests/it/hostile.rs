@@ -75,6 +75,7 @@ async fn commit_raw(client: &mut Raw, key: &str, bytes: &[u8]) -> Result<pb::Com
         manifest_size: bytes.len() as u64,
         profile: "generic".into(),
         base: String::new(),
+        base_manifest_id: Vec::new(),
     };
     let frames = vec![
         pb::CommitFrame { frame: Some(Frame::Header(header)) },

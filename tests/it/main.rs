@@ -10,6 +10,7 @@ mod goproxy;
 mod helpers;
 mod hostile;
 mod kill;
+mod manifest_diffs;
 mod metrics;
 mod replicate;
 mod round_trip;

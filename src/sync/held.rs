@@ -1,0 +1,67 @@
+//! The manifest a root was last pulled from or pushed as, kept in the state
+//! directory next to its base record (`bases/<root id>.json`), so that the
+//! next pull or push moves a manifest diff against it instead of the whole
+//! manifest.
+//!
+//! One file per root, replaced atomically, never larger than a manifest the
+//! protocol accepts. It is trusted only when its blake3 is the manifest id of
+//! the base record: a file that was tampered with, or that a crash left
+//! older than the record, is ignored (the manifest then travels whole).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::{load_base, root_id};
+use crate::hash::Hash;
+use crate::manifest::{Known, Manifest};
+use crate::rpc::MAX_MANIFEST;
+
+fn held_path(state_dir: &Path, root: &Path) -> PathBuf {
+    state_dir.join("bases").join(format!("{}.manifest.bin", root_id(root)))
+}
+
+/// The manifest `root` was last pulled from or pushed as, if its stored copy
+/// matches the base record.
+pub async fn load(state_dir: &Path, root: &Path) -> Option<Known> {
+    let (state_dir, root) = (state_dir.to_path_buf(), root.to_path_buf());
+    tokio::task::spawn_blocking(move || load_blocking(&state_dir, &root)).await.expect("load task panicked")
+}
+
+fn load_blocking(state_dir: &Path, root: &Path) -> Option<Known> {
+    let id = Hash::from_hex(&load_base(state_dir, root)?.manifest).ok()?;
+    let path = held_path(state_dir, root);
+    let len = std::fs::metadata(&path).ok()?.len();
+    let bytes = (len <= MAX_MANIFEST).then(|| std::fs::read(&path).ok()).flatten();
+    let Some(bytes) = bytes.filter(|b| Hash::of(b) == id) else {
+        warn!(path = %path.display(), manifest = %id, "the stored base manifest does not match its record; ignoring it");
+        return None;
+    };
+    match Manifest::decode(&bytes) {
+        Ok(manifest) => Some(Known { id, manifest: Arc::new(manifest) }),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "the stored base manifest does not decode; ignoring it");
+            None
+        }
+    }
+}
+
+/// Stores `manifest` as what `root` holds; call before the base record
+/// that names it is written. A failure is logged: the next transfer then
+/// moves the whole manifest.
+pub async fn save(state_dir: &Path, root: &Path, manifest: Arc<Manifest>) {
+    let path = held_path(state_dir, root);
+    let saved = tokio::task::spawn_blocking(move || {
+        let bytes = manifest.encode();
+        (bytes.len() as u64 <= MAX_MANIFEST)
+            .then(|| crate::fsutil::write_atomic(&path, &bytes, false).map_err(|e| (path, e)))
+    })
+    .await
+    .expect("save task panicked");
+    match saved {
+        Some(Ok(())) => {}
+        Some(Err((path, e))) => warn!(path = %path.display(), error = %e, "could not store the base manifest"),
+        None => debug!("the base manifest is larger than the protocol allows; not stored"),
+    }
+}
