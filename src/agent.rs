@@ -17,17 +17,19 @@ mod dest;
 mod index;
 mod root;
 mod state;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use index::{Applied, Index};
-pub use state::RootStatus;
+use status::StatusCell;
+pub use status::{Activity, DestStatus, RootStatus};
 
 use crate::config::{AgentConfig, MirrorSettings, Settings};
 use crate::mirror::{Mirror, MirrorError};
@@ -99,7 +101,19 @@ pub struct Agent {
     config: AgentConfig,
     shared: Arc<Shared>,
     server: Option<Mirror>,
-    status: Vec<Arc<Mutex<RootStatus>>>,
+    status: Vec<Arc<StatusCell>>,
+}
+
+/// Every root's status, as the agent's listener reports it
+/// (`cachesync status --agent`).
+#[derive(Clone)]
+pub struct AgentStatus(Arc<Vec<Arc<StatusCell>>>);
+
+impl AgentStatus {
+    /// Each root's status now, in the configuration's order.
+    pub fn roots(&self) -> Vec<RootStatus> {
+        self.0.iter().map(|c| c.read()).collect()
+    }
 }
 
 impl Agent {
@@ -146,18 +160,9 @@ impl Agent {
             peers: config.peers.clone(),
             state_dir: settings.state_dir.clone(),
         });
-        let status = config
-            .roots
-            .iter()
-            .map(|r| {
-                Arc::new(Mutex::new(RootStatus {
-                    name: r.name.clone(),
-                    key: r.key.clone(),
-                    path: r.path.display().to_string(),
-                    ..RootStatus::default()
-                }))
-            })
-            .collect();
+        let status: Vec<Arc<StatusCell>> = config.roots.iter().map(|r| Arc::new(StatusCell::new(initial(r)))).collect();
+        let report = AgentStatus(Arc::new(status.clone()));
+        let server = server.map(|s| s.with_agent_status(Arc::new(move || report.roots())));
         Ok(Agent { config, shared, server, status })
     }
 
@@ -211,6 +216,24 @@ impl Agent {
     }
 }
 
+/// A root's status before its task starts.
+fn initial(r: &crate::config::RootConfig) -> RootStatus {
+    let direction = match r.direction {
+        crate::config::Direction::Push => "push",
+        crate::config::Direction::Pull => "pull",
+        crate::config::Direction::Both => "both",
+    };
+    RootStatus {
+        name: r.name.clone(),
+        path: r.path.display().to_string(),
+        profile: r.profile.to_string(),
+        key: r.key.clone(),
+        direction: direction.into(),
+        schedule: r.schedule.to_string(),
+        ..RootStatus::default()
+    }
+}
+
 /// The embedded server: the mirror's settings, with the agent's address,
 /// store and tokens (and no TLS: see the README).
 fn server_settings(settings: &Settings, addr: SocketAddr) -> MirrorSettings {
@@ -222,8 +245,8 @@ fn server_settings(settings: &Settings, addr: SocketAddr) -> MirrorSettings {
     MirrorSettings { listen: addr.to_string(), store, tokens_file: a.tokens_file.clone(), ..MirrorSettings::default() }
 }
 
-/// How the agent reaches its own listener.
-fn loopback_url(addr: SocketAddr) -> String {
+/// How the agent (or `cachesync status --agent` on its host) reaches its listener.
+pub fn loopback_url(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("an address") } else { addr.ip() };
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }

@@ -140,6 +140,12 @@ impl Mirror {
         self
     }
 
+    /// Answers `AgentStatus` with what `report` gives (an agent's listener).
+    pub fn with_agent_status(mut self, report: crate::rpc::server::RootsReport) -> Mirror {
+        self.service = self.service.with_agent_status(report);
+        self
+    }
+
     /// The address actually bound (useful with port 0).
     ///
     /// # Errors

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::status::{DestStatus, now_unix_ms};
 use crate::manifest::Manifest;
 use crate::rpc::client::{Client, ConnectOptions};
 use crate::sync::{self, PushRequest, Report, SyncError, SyncOptions};
@@ -104,6 +105,25 @@ impl Dest {
                 self.failed(&req.key, &e);
                 Err(e)
             }
+        }
+    }
+
+    /// What it holds and how it is doing, for status; `current`: the hex id
+    /// of what the root holds now.
+    pub fn status(&self, current: Option<&str>) -> DestStatus {
+        let retry_unix_ms = self.retry_at.map_or(0, |t| {
+            let left = t.saturating_duration_since(Instant::now());
+            now_unix_ms() + left.as_millis() as i64
+        });
+        DestStatus {
+            url: self.url.clone(),
+            kind: self.kind.to_string(),
+            holds: self.known.clone(),
+            up_to_date: current.is_some() && self.known.as_deref() == current,
+            backing_off: self.retry_at.is_some_and(|t| t > Instant::now()),
+            failures: self.failures,
+            retry_unix_ms,
+            last_error: self.last_error.clone(),
         }
     }
 

@@ -16,7 +16,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::dest::Dest;
 use super::index::{Applied, Index};
-use super::state::{RootState, RootStatus};
+use super::state::RootState;
+use super::status::{Activity, StatusCell, now_unix_ms};
 use super::{AgentError, Shared};
 use crate::config::RootConfig;
 use crate::manifest::Manifest;
@@ -37,7 +38,7 @@ pub struct RootTask {
     /// Hex id of `current` (computing it encodes every entry).
     current_id: Option<String>,
     commits: Option<broadcast::Receiver<SnapshotRecord>>,
-    status: Arc<Mutex<RootStatus>>,
+    status: Arc<StatusCell>,
 }
 
 /// What woke the loop.
@@ -59,7 +60,7 @@ impl RootTask {
         cfg: RootConfig,
         shared: Arc<Shared>,
         commits: Option<broadcast::Receiver<SnapshotRecord>>,
-        status: Arc<Mutex<RootStatus>>,
+        status: Arc<StatusCell>,
     ) -> RootTask {
         let state = RootState::load(&shared.state_dir, &cfg.name);
         let index = Index::new(&cfg.path, cfg.profile, state.cache);
@@ -92,6 +93,8 @@ impl RootTask {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let (watcher, changes) = self.start().await?;
         let mut next_tick = Instant::now();
+        self.status.update(|s| s.next_run_unix_ms = now_unix_ms());
+        self.publish();
         let mut next_rescan = Instant::now() + self.shared.rescan;
         loop {
             let wake = self.wait(&changes, next_tick.min(next_rescan), &shutdown).await;
@@ -109,7 +112,9 @@ impl RootTask {
                         }
                         let tick = now >= next_tick;
                         if tick {
-                            next_tick = now + until(self.cfg.schedule.next_after(SystemTime::now()));
+                            let next = self.cfg.schedule.next_after(SystemTime::now());
+                            next_tick = now + until(next);
+                            self.status.update(|s| s.next_run_unix_ms = unix_ms(next));
                         }
                         self.cycle(&changes, tick).await;
                     }
@@ -123,6 +128,7 @@ impl RootTask {
             if shutdown.is_cancelled() {
                 break;
             }
+            self.publish();
         }
         self.save().await;
         Ok(())
@@ -149,6 +155,7 @@ impl RootTask {
         .await
         .expect("watch task panicked")?;
         let changes = watcher.changes();
+        self.status.watch(changes.clone());
         info!(root = %self.cfg.name, path = %self.cfg.path.display(), watches = watcher.watches(), "watching");
         let applied = self.with_index(|i, settle| i.rescan(settle)).await?;
         self.requeue(&changes, &applied);
@@ -220,26 +227,37 @@ impl RootTask {
         let span = info_span!("sync_cycle", root = %self.cfg.name, files = tracing::field::Empty,
             bytes = tracing::field::Empty, duration_ms = tracing::field::Empty);
         let started = Instant::now();
+        self.status.update(|s| s.state = Activity::Syncing);
         let result = self.cycle_work(changes, taken, tick, mirror_pull).instrument(span.clone()).await;
         let m = self.current.clone().unwrap_or_default();
         span.record("files", m.file_count()).record("bytes", m.total_bytes());
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        let mut status = lock(&self.status);
-        status.files = m.file_count();
-        match result {
+        let error = match result {
             Ok((pushed, error)) => {
                 let ms = started.elapsed().as_millis() as u64;
                 debug!(parent: &span, pushed, duration_ms = ms, "sync cycle finished");
-                match error {
-                    None => status.succeeded(pushed),
-                    Some(e) => status.last_error = Some(e),
-                }
+                error
             }
             Err(e) => {
                 warn!(parent: &span, root = %self.cfg.name, error = %e, "sync cycle failed; retrying next cycle");
-                status.last_error = Some(e.to_string());
+                Some(e.to_string())
             }
-        }
+        };
+        self.status.update(|s| match error {
+            None => s.succeeded(),
+            Some(e) => s.last_error = Some(e),
+        });
+    }
+
+    /// Publishes what the root holds and how its destinations are doing.
+    fn publish(&self) {
+        let current = self.current_id.as_deref();
+        let dests = self.dests.iter().map(|d| d.status(current)).collect();
+        let (files, bytes) = self.current.as_ref().map_or((0, 0), |m| (m.file_count(), m.total_bytes()));
+        self.status.update(|s| {
+            s.state = Activity::Idle;
+            (s.files, s.bytes, s.destinations) = (files, bytes, dests);
+        });
     }
 
     async fn cycle_work(
@@ -281,6 +299,10 @@ impl RootTask {
             match dest.push(&req, &manifest, &self.shared.sync, &self.shared.connect).await {
                 Ok(r) => {
                     pushed += 1;
+                    self.status.update(|s| {
+                        s.pushes += 1;
+                        (s.last_push_files, s.last_push_bytes) = (r.blobs_whole + r.blobs_delta, r.bytes_sent);
+                    });
                     let (dest, generation) = (dest.url.as_str(), r.generation);
                     info!(root = %self.cfg.name, dest, generation, files = r.files, bytes_sent = r.bytes_sent, "pushed");
                 }
@@ -316,7 +338,7 @@ impl RootTask {
         if let Err(e) = self.pull_from(&mut own, changes).await {
             warn!(root = %self.cfg.name, error = %e, "could not apply a snapshot a peer pushed");
             own = Dest::new(own.url, "self", None);
-            lock(&self.status).last_error = Some(e.to_string());
+            self.status.update(|s| s.last_error = Some(e.to_string()));
         }
         self.own = Some(own);
     }
@@ -388,6 +410,11 @@ async fn recv(
 async fn pump(watcher: &Arc<Mutex<Watcher>>) {
     let w = watcher.clone();
     let _ = tokio::task::spawn_blocking(move || lock(&w).pump()).await;
+}
+
+/// `t` in Unix milliseconds.
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// From now until `t`, zero if `t` passed.

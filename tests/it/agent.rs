@@ -12,39 +12,39 @@ use cachesync::sync::{self, PushRequest};
 use crate::helpers::*;
 use crate::kill::Proc;
 
-const KEY: &str = "agent/tree";
+pub(crate) const KEY: &str = "agent/tree";
 /// How long convergence may take before a test gives up (it takes seconds).
-const CONVERGE_SECS: u64 = 20;
+pub(crate) const CONVERGE_SECS: u64 = 20;
 
 /// A port nothing listens on now (agents of a mesh must know each other's
 /// ports before any of them starts).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One agent's directories and configuration.
-struct Node {
-    dir: PathBuf,
-    port: u16,
+pub(crate) struct Node {
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Node {
-    fn new(base: &Path, name: &str) -> Node {
+    pub(crate) fn new(base: &Path, name: &str) -> Node {
         let dir = base.join(name);
         std::fs::create_dir_all(dir.join("root")).unwrap();
         Node { dir, port: free_port() }
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Writes the config: peers, and extra `[agent]` lines.
-    fn configure(&self, peers: &[&Node], extra: &str) -> PathBuf {
+    pub(crate) fn configure(&self, peers: &[&Node], extra: &str) -> PathBuf {
         let peers: Vec<String> = peers.iter().map(|p| format!("{:?}", p.url())).collect();
         let text = format!(
             "state_dir = {state:?}\n[agent]\nlisten = \"127.0.0.1:{port}\"\npeers = [{peers}]\nsettle = \"300ms\"\n{extra}\n\
@@ -60,7 +60,7 @@ impl Node {
     }
 
     /// Starts `cachesync agent` with the written config; returns once it listens.
-    async fn start(&self) -> Proc {
+    pub(crate) async fn start(&self) -> Proc {
         let config = self.dir.join("agent.toml");
         let args: [&OsStr; 3] = ["--config".as_ref(), config.as_ref(), "agent".as_ref()];
         let mut proc = Proc::start(&self.dir, &args);
@@ -73,7 +73,7 @@ impl Node {
     }
 
     /// The newest generation of the key in this agent's embedded store.
-    async fn generation(&self) -> u64 {
+    pub(crate) async fn generation(&self) -> u64 {
         connect(&self.url()).await.resolve(KEY, &[]).await.unwrap().map_or(0, |s| s.generation)
     }
 }
@@ -94,7 +94,7 @@ fn contents(root: &Path) -> Vec<String> {
 }
 
 /// True when `rel` under `root` holds exactly `data`.
-fn holds(root: &Path, rel: &str, data: &[u8]) -> bool {
+pub(crate) fn holds(root: &Path, rel: &str, data: &[u8]) -> bool {
     std::fs::read(root.join(rel)).is_ok_and(|d| d == data)
 }
 
@@ -134,7 +134,7 @@ async fn generations(nodes: &[Node]) -> Vec<u64> {
     out
 }
 
-async fn stop(mut proc: Proc) {
+pub(crate) async fn stop(mut proc: Proc) {
     proc.signal(libc::SIGTERM);
     let status = proc.exit().await;
     assert!(status.success(), "{status}: {}", proc.output());
