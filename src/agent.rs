@@ -15,6 +15,7 @@
 
 mod dest;
 mod index;
+mod meter;
 mod root;
 mod state;
 mod status;
@@ -24,14 +25,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use index::{Applied, Index};
+use meter::RootMeter;
 use status::StatusCell;
 pub use status::{Activity, DestStatus, RootStatus};
 
 use crate::config::{AgentConfig, MirrorSettings, Settings};
+use crate::metrics::Metrics;
 use crate::mirror::{Mirror, MirrorError};
 use crate::rpc::client::ConnectOptions;
 use crate::sync::SyncOptions;
@@ -102,6 +106,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     server: Option<Mirror>,
     status: Vec<Arc<StatusCell>>,
+    metrics: Option<(TcpListener, Metrics)>,
 }
 
 /// Every root's status, as the agent's listener reports it
@@ -160,10 +165,24 @@ impl Agent {
             peers: config.peers.clone(),
             state_dir: settings.state_dir.clone(),
         });
-        let status: Vec<Arc<StatusCell>> = config.roots.iter().map(|r| Arc::new(StatusCell::new(initial(r)))).collect();
+        let metrics = server.as_ref().map_or_else(Metrics::default, |s| s.metrics().clone());
+        let status: Vec<Arc<StatusCell>> = config
+            .roots
+            .iter()
+            .map(|r| Arc::new(StatusCell::new(initial(r), RootMeter::new(&metrics, &r.name))))
+            .collect();
         let report = AgentStatus(Arc::new(status.clone()));
         let server = server.map(|s| s.with_agent_status(Arc::new(move || report.roots())));
-        Ok(Agent { config, shared, server, status })
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some((bind_metrics(addr).await?, metrics)),
+            None => None,
+        };
+        Ok(Agent { config, shared, server, status, metrics })
+    }
+
+    /// The address of the metrics endpoint, if the agent serves one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The address peers push to, if the agent listens.
@@ -181,6 +200,9 @@ impl Agent {
         let stop = shutdown.child_token();
         let server_stop = CancellationToken::new();
         let mut server_task = None;
+        if let Some((listener, metrics)) = self.metrics {
+            crate::metrics::spawn(listener, metrics, server_stop.clone());
+        }
         if let Some(server) = self.server {
             let receivers: Vec<_> = self.config.roots.iter().map(|_| server.subscribe()).collect();
             let addr = server.local_addr().ok();
@@ -214,6 +236,11 @@ impl Agent {
         info!("agent stopped");
         result
     }
+}
+
+async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    let bound = TcpListener::bind(addr).await;
+    Ok(bound.map_err(|source| MirrorError::Bind { addr: format!("{addr} (agent.metrics_listen)"), source })?)
 }
 
 /// A root's status before its task starts.

@@ -53,6 +53,9 @@ pub struct AgentArgs {
     /// Address to listen on for peers (default 127.0.0.1:7416).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve Prometheus metrics on GET /metrics at this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `cachesync mirror`.

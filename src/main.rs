@@ -39,7 +39,10 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),
         Command::Status(a) => add("client.mirror", &a.url.mirror),
-        Command::Agent(a) => add("agent.listen", &a.listen),
+        Command::Agent(a) => {
+            add("agent.listen", &a.listen);
+            add("agent.metrics_listen", &a.metrics_listen);
+        }
         Command::Gc(a) => add("mirror.store", &a.store.clone().filter(|s| !s.is_empty())),
         Command::Scan(_) | Command::Verify(_) => {}
     }

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::dest::Dest;
 use super::index::{Applied, Index};
 use super::state::RootState;
-use super::status::{Activity, StatusCell, now_unix_ms};
+use super::status::{StatusCell, now_unix_ms};
 use super::{AgentError, Shared};
 use crate::config::RootConfig;
 use crate::manifest::Manifest;
@@ -227,26 +227,23 @@ impl RootTask {
         let span = info_span!("sync_cycle", root = %self.cfg.name, files = tracing::field::Empty,
             bytes = tracing::field::Empty, duration_ms = tracing::field::Empty);
         let started = Instant::now();
-        self.status.update(|s| s.state = Activity::Syncing);
+        self.status.cycle_started();
         let result = self.cycle_work(changes, taken, tick, mirror_pull).instrument(span.clone()).await;
         let m = self.current.clone().unwrap_or_default();
         span.record("files", m.file_count()).record("bytes", m.total_bytes());
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        let error = match result {
+        let (error, failed) = match result {
             Ok((pushed, error)) => {
                 let ms = started.elapsed().as_millis() as u64;
                 debug!(parent: &span, pushed, duration_ms = ms, "sync cycle finished");
-                error
+                (error, false)
             }
             Err(e) => {
                 warn!(parent: &span, root = %self.cfg.name, error = %e, "sync cycle failed; retrying next cycle");
-                Some(e.to_string())
+                (Some(e.to_string()), true)
             }
         };
-        self.status.update(|s| match error {
-            None => s.succeeded(),
-            Some(e) => s.last_error = Some(e),
-        });
+        self.status.cycle_ended(started.elapsed(), error, failed);
     }
 
     /// Publishes what the root holds and how its destinations are doing.
@@ -254,10 +251,7 @@ impl RootTask {
         let current = self.current_id.as_deref();
         let dests = self.dests.iter().map(|d| d.status(current)).collect();
         let (files, bytes) = self.current.as_ref().map_or((0, 0), |m| (m.file_count(), m.total_bytes()));
-        self.status.update(|s| {
-            s.state = Activity::Idle;
-            (s.files, s.bytes, s.destinations) = (files, bytes, dests);
-        });
+        self.status.publish(files, bytes, dests);
     }
 
     async fn cycle_work(
@@ -299,14 +293,12 @@ impl RootTask {
             match dest.push(&req, &manifest, &self.shared.sync, &self.shared.connect).await {
                 Ok(r) => {
                     pushed += 1;
-                    self.status.update(|s| {
-                        s.pushes += 1;
-                        (s.last_push_files, s.last_push_bytes) = (r.blobs_whole + r.blobs_delta, r.bytes_sent);
-                    });
+                    self.status.pushed(&r);
                     let (dest, generation) = (dest.url.as_str(), r.generation);
                     info!(root = %self.cfg.name, dest, generation, files = r.files, bytes_sent = r.bytes_sent, "pushed");
                 }
                 Err(e) => {
+                    self.status.push_failed();
                     first_error.get_or_insert_with(|| format!("{}: {e}", dest.url));
                 }
             }
@@ -322,7 +314,10 @@ impl RootTask {
             match self.pull_from(&mut dest, changes).await {
                 Ok(Some(m)) => dest.succeeded(&self.cfg.key, m),
                 Ok(None) => {}
-                Err(e) => dest.failed(&self.cfg.key, &e),
+                Err(e) => {
+                    self.status.apply_failed(format!("{}: {e}", dest.url));
+                    dest.failed(&self.cfg.key, &e);
+                }
             }
         }
         self.dests[i] = dest;
@@ -338,7 +333,7 @@ impl RootTask {
         if let Err(e) = self.pull_from(&mut own, changes).await {
             warn!(root = %self.cfg.name, error = %e, "could not apply a snapshot a peer pushed");
             own = Dest::new(own.url, "self", None);
-            self.status.update(|s| s.last_error = Some(e.to_string()));
+            self.status.apply_failed(e.to_string());
         }
         self.own = Some(own);
     }
@@ -365,6 +360,7 @@ impl RootTask {
         };
         let manifest = client.manifest(id).await?;
         info!(root = %self.cfg.name, from = %dest.url, generation = report.generation, files = report.files, "applied a snapshot");
+        self.status.applied(&report);
         let index = self.index.clone();
         let differ = tokio::task::spawn_blocking(move || {
             let mut index = lock(&index);

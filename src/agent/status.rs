@@ -1,16 +1,20 @@
-//! How each root is doing, as `cachesync status --agent` shows it.
+//! How each root is doing, as `cachesync status --agent` shows it (and the
+//! agent's metrics count).
 //!
-//! A root's task publishes its [`RootStatus`] into a [`StatusCell`] after
+//! A root's task reports what happens to a [`StatusCell`] (which also moves
+//! the root's Prometheus series) and publishes its [`RootStatus`] after
 //! each wake; the listener reads every cell when asked (the `AgentStatus`
 //! call). What depends on the clock (is a destination still backing off?)
 //! and the dirty paths pending are worked out when the status is read, not
 //! when it was published.
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::meter::RootMeter;
+use crate::sync::Report;
 use crate::watch::Changes;
 
 /// What a root's task is doing.
@@ -109,25 +113,74 @@ pub fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-impl RootStatus {
-    /// Records a cycle that ended without error.
-    pub fn succeeded(&mut self) {
-        self.last_success_unix_ms = now_unix_ms();
-        self.last_error = None;
-    }
-}
-
-/// A root's status, written by its task and read by the listener.
+/// A root's status, written by its task and read by the listener, and its
+/// Prometheus series, moved by the same events.
 #[derive(Debug, Default)]
 pub struct StatusCell {
     status: Mutex<RootStatus>,
     changes: OnceLock<Arc<Changes>>,
+    meter: RootMeter,
 }
 
 impl StatusCell {
-    /// A cell holding `status`.
-    pub fn new(status: RootStatus) -> StatusCell {
-        StatusCell { status: Mutex::new(status), changes: OnceLock::new() }
+    /// A cell holding `status`, counting in `meter`.
+    pub fn new(status: RootStatus, meter: RootMeter) -> StatusCell {
+        StatusCell { status: Mutex::new(status), changes: OnceLock::new(), meter }
+    }
+
+    /// A cycle began.
+    pub fn cycle_started(&self) {
+        self.update(|s| s.state = Activity::Syncing);
+    }
+
+    /// A cycle ended after `took`, with the first `error` it met; `failed`
+    /// when the cycle itself failed (not only a push, counted already).
+    pub fn cycle_ended(&self, took: Duration, error: Option<String>, failed: bool) {
+        let success = error.is_none().then(now_unix_ms);
+        self.update(|s| {
+            if let Some(ms) = success {
+                s.last_success_unix_ms = ms;
+            }
+            s.last_error = error;
+        });
+        if failed {
+            self.meter.failed();
+        }
+        self.meter.cycle(took, success);
+    }
+
+    /// A push landed.
+    pub fn pushed(&self, r: &Report) {
+        self.update(|s| {
+            s.pushes += 1;
+            (s.last_push_files, s.last_push_bytes) = (r.blobs_whole + r.blobs_delta, r.bytes_sent);
+        });
+        self.meter.pushed(r);
+    }
+
+    /// A push failed (the destination records why).
+    pub fn push_failed(&self) {
+        self.meter.failed();
+    }
+
+    /// A snapshot was applied to the root.
+    pub fn applied(&self, r: &Report) {
+        self.meter.applied(r);
+    }
+
+    /// A snapshot could not be fetched or applied.
+    pub fn apply_failed(&self, error: String) {
+        self.update(|s| s.last_error = Some(error));
+        self.meter.failed();
+    }
+
+    /// What the root holds now and how its destinations are doing.
+    pub fn publish(&self, files: u64, bytes: u64, destinations: Vec<DestStatus>) {
+        self.update(|s| {
+            s.state = Activity::Idle;
+            (s.files, s.bytes, s.destinations) = (files, bytes, destinations);
+        });
+        self.meter.holds(files, bytes);
     }
 
     /// Changes `status` in place.
@@ -164,7 +217,8 @@ mod tests {
     fn backoff_is_judged_when_read() {
         let later = now_unix_ms() + 60_000;
         let dest = |retry| DestStatus { url: "http://p".into(), retry_unix_ms: retry, ..DestStatus::default() };
-        let cell = StatusCell::new(RootStatus { destinations: vec![dest(later), dest(1)], ..RootStatus::default() });
+        let status = RootStatus { destinations: vec![dest(later), dest(1)], ..RootStatus::default() };
+        let cell = StatusCell::new(status, RootMeter::default());
         let s = cell.read();
         assert_eq!(s.state, Activity::BackingOff);
         assert!(s.destinations[0].backing_off && !s.destinations[1].backing_off);

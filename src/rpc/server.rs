@@ -254,9 +254,11 @@ impl CacheSync for MirrorService {
             let mut guard = shared.lock().expect("counts lock");
             guard.0 += 1;
             let (size, rejected_before) = (incoming.size, guard.1.len());
+            let delta = incoming.delta_base.map(|_| std::fs::metadata(&incoming.staged).map_or(size, |m| m.len()));
             Self::handle_incoming(&store, incoming, &mut guard.1)?;
             if guard.1.len() == rejected_before {
                 metrics.blob_received(size);
+                metrics.delta_saved(delta.map_or(0, |d| size.saturating_sub(d)));
             }
             Ok(())
         })

@@ -61,8 +61,14 @@ impl Node {
 
     /// Starts `cachesync agent` with the written config; returns once it listens.
     pub(crate) async fn start(&self) -> Proc {
+        self.start_with(&[]).await
+    }
+
+    /// [`Node::start`] with more flags after `agent`.
+    pub(crate) async fn start_with(&self, flags: &[&str]) -> Proc {
         let config = self.dir.join("agent.toml");
-        let args: [&OsStr; 3] = ["--config".as_ref(), config.as_ref(), "agent".as_ref()];
+        let mut args: Vec<&OsStr> = vec!["--config".as_ref(), config.as_ref(), "agent".as_ref()];
+        args.extend(flags.iter().map(OsStr::new));
         let mut proc = Proc::start(&self.dir, &args);
         let port = format!("127.0.0.1:{}", self.port);
         let log = proc.stderr.clone();

@@ -1,13 +1,15 @@
 //! Watching real `cachesync agent` processes from outside: `cachesync status
 //! --agent` (a root's last success after a sync, a peer backing off while it
 //! is down, the agent's tokens, a plain mirror refused in one line) and the
-//! agent's Prometheus endpoint after a sync in a mesh.
+//! agents' Prometheus endpoints after a sync in a mesh (and a mirror's count
+//! of what deltas saved).
 
 use serde_json::Value;
 
-use crate::agent::{CONVERGE_SECS, Node, holds, stop};
+use crate::agent::{CONVERGE_SECS, Node, free_port, holds, stop};
 use crate::cli::{FAILURE, assert_fails, one_json_object, run_async};
 use crate::helpers::*;
+use crate::metrics::{scrape, value};
 
 /// `cachesync --config <node's> status --agent [ARGS]`: the agent's URL comes from its configuration.
 async fn status(node: &Node, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -116,4 +118,88 @@ async fn poll_status(node: &Node, env: &[(&str, &str)], cond: impl Fn(&Value) ->
         assert!(std::time::Instant::now() < deadline, "timed out; the status is {root}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A sample of the agent's `root="tree"` series.
+fn tree(text: &str, name: &str) -> u64 {
+    value(text, &format!("cachesync_agent_{name}{{root=\"tree\"}}"))
+}
+
+async fn scrape_node(port: u16) -> String {
+    let (status, body) = scrape(([127, 0, 0, 1], port).into()).await;
+    assert!(status.contains("200"), "{status}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_of_agents_in_a_mesh_move_with_a_sync() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (Node::new(t.path(), "a"), Node::new(t.path(), "b"));
+    let (ma, mb) = (free_port(), free_port());
+    a.configure(&[&b], &format!("metrics_listen = \"127.0.0.1:{ma}\""));
+    b.configure(&[&a], "");
+    // b's endpoint from the flag instead of the file.
+    let (pa, pb) = (a.start().await, b.start_with(&["--metrics-listen", &format!("127.0.0.1:{mb}")]).await);
+    let before = scrape_node(ma).await;
+    assert_eq!(tree(&before, "pushes_total"), 0);
+    assert!(before.contains("# TYPE cachesync_agent_files_sent_total counter"), "{before}");
+
+    let data = random_bytes(3, 100_000);
+    write(&a.root(), "one.bin", &data);
+    wait_for(CONVERGE_SECS, "b to get one.bin", || holds(&b.root(), "one.bin", &data)).await;
+    // The same content under another name: b has it, nothing is uploaded.
+    write(&a.root(), "same.bin", &data);
+    wait_for(CONVERGE_SECS, "b to get same.bin", || holds(&b.root(), "same.bin", &data)).await;
+    let sent = |text: &str| tree(text, "pushes_total") >= 2 && tree(text, "root_files") == 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(CONVERGE_SECS);
+    let mut after = scrape_node(ma).await;
+    while !sent(&after) {
+        assert!(std::time::Instant::now() < deadline, "a's pushes were not counted:\n{after}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = scrape_node(ma).await;
+    }
+    assert_eq!(tree(&after, "files_sent_total"), 1, "{after}");
+    assert!(tree(&after, "bytes_sent_total") > 100_000, "{after}");
+    assert_eq!(tree(&after, "errors_total"), 0, "{after}");
+    assert!(tree(&after, "cycles_total") >= 2, "{after}");
+    assert_eq!(tree(&after, "root_bytes"), 200_000, "{after}");
+    assert!(tree(&after, "last_success_timestamp_seconds") > 1_700_000_000, "{after}");
+    let got = scrape_node(mb).await;
+    assert_eq!(value(&got, "cachesync_mirror_blob_bytes_received_total"), 100_000, "{got}");
+    assert_eq!(tree(&got, "files_received_total"), 1, "one file written, the other copied locally: {got}");
+    stop(pa).await;
+    stop(pb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_counts_the_bytes_deltas_saved() {
+    let t = tempfile::tempdir().unwrap();
+    let settings = cachesync::config::MirrorSettings {
+        listen: "127.0.0.1:0".into(),
+        store: t.path().join("store").to_string_lossy().into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        ..cachesync::config::MirrorSettings::default()
+    };
+    let mirror =
+        cachesync::mirror::Mirror::bind(&settings, &cachesync::config::TransferSettings::default()).await.unwrap();
+    let (url, addr) = (format!("http://{}", mirror.local_addr().unwrap()), mirror.metrics_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(mirror.run(shutdown.clone()));
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let mut data = random_bytes(9, 1 << 20);
+    write(&src, "big.bin", &data);
+    let req = cachesync::sync::PushRequest {
+        root: src.clone(),
+        key: "d/k".into(),
+        profile: cachesync::profile::Profile::Generic,
+    };
+    let mut client = connect(&url).await;
+    cachesync::sync::push(&mut client, &req, &options(&state)).await.unwrap();
+    data[1000..1010].copy_from_slice(b"changed!!!");
+    write(&src, "big.bin", &data);
+    let report = cachesync::sync::push(&mut client, &req, &options(&state)).await.unwrap();
+    assert_eq!(report.blobs_delta, 1, "{report:?}");
+    let (_, text) = scrape(addr).await;
+    assert!(value(&text, "cachesync_mirror_delta_saved_bytes_total") > 900_000, "{text}");
+    shutdown.cancel();
 }
