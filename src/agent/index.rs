@@ -202,6 +202,11 @@ impl Index {
         Ok(m)
     }
 
+    /// Drops the manifest kept since the last change (it is built again on demand).
+    pub fn forget_manifest(&mut self) {
+        self.manifest = None;
+    }
+
     /// Takes in a snapshot just written to the root by a pull: its entries
     /// replace ours where the file on disk is what the snapshot says (size
     /// and mtime), so the content is not read again. Returns the paths that

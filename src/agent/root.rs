@@ -34,9 +34,14 @@ pub struct RootTask {
     /// The agent's own store, read through its listener.
     own: Option<Dest>,
     applied: Option<String>,
+    /// The manifest of the index while a destination may need it; dropped
+    /// once every destination holds it (an idle agent keeps one copy of the
+    /// root: the index), built again from the index when needed.
     current: Option<Arc<Manifest>>,
-    /// Hex id of `current` (computing it encodes every entry).
+    /// Hex id of the index's manifest (computing it encodes every entry).
     current_id: Option<String>,
+    /// Entries, files and bytes of that manifest.
+    held: (usize, u64, u64),
     commits: Option<broadcast::Receiver<SnapshotRecord>>,
     status: Arc<StatusCell>,
 }
@@ -80,6 +85,7 @@ impl RootTask {
             applied: state.applied,
             current: None,
             current_id: None,
+            held: (0, 0, 0),
             commits,
             status,
         }
@@ -128,6 +134,7 @@ impl RootTask {
             if shutdown.is_cancelled() {
                 break;
             }
+            self.release_if_idle().await;
             self.publish();
         }
         self.save().await;
@@ -168,17 +175,45 @@ impl RootTask {
         &mut self,
         f: impl FnOnce(&mut Index, Duration) -> Result<Applied, crate::scan::ScanError> + Send + 'static,
     ) -> Result<Applied, AgentError> {
-        let (index, settle) = (self.index.clone(), self.shared.settle);
+        let (index, settle, known) = (self.index.clone(), self.shared.settle, self.current_id.is_some());
         let (applied, manifest) = tokio::task::spawn_blocking(move || {
             let mut index = lock(&index);
             let applied = f(&mut index, settle)?;
-            let manifest = index.manifest()?;
+            let manifest = if applied.changed || !known { Some(index.manifest()?) } else { None };
             Ok::<_, AgentError>((applied, manifest))
         })
         .await
         .expect("index task panicked")?;
-        self.set_current(manifest);
+        if let Some(manifest) = manifest {
+            self.set_current(manifest);
+        }
         Ok(applied)
+    }
+
+    /// The index's manifest: the one kept, or built again.
+    async fn manifest(&mut self) -> Result<Arc<Manifest>, AgentError> {
+        if let Some(m) = &self.current {
+            return Ok(m.clone());
+        }
+        let index = self.index.clone();
+        let built = tokio::task::spawn_blocking(move || lock(&index).manifest()).await.expect("index task panicked")?;
+        self.set_current(built.clone());
+        Ok(built)
+    }
+
+    /// Drops the manifest once no destination needs it, and hands memory
+    /// freed by the cycle back to the system.
+    async fn release_if_idle(&mut self) {
+        if self.current.is_none() || self.dests.iter().any(|d| self.needs(d)) {
+            return;
+        }
+        self.current = None;
+        let index = self.index.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            lock(&index).forget_manifest();
+            super::release_freed_memory();
+        })
+        .await;
     }
 
     fn set_current(&mut self, manifest: Arc<Manifest>) {
@@ -186,6 +221,7 @@ impl RootTask {
             return;
         }
         self.current_id = Some(manifest.id().to_hex());
+        self.held = (manifest.entries().len(), manifest.file_count(), manifest.total_bytes());
         self.current = Some(manifest);
     }
 
@@ -212,8 +248,7 @@ impl RootTask {
     }
 
     fn needs(&self, d: &Dest) -> bool {
-        let empty = self.current.as_ref().is_none_or(|m| m.entries().is_empty());
-        self.cfg.direction.pushes() && !empty && d.known != self.current_id
+        self.cfg.direction.pushes() && self.held.0 > 0 && d.known != self.current_id
     }
 
     /// One sync cycle: settled changes into the index, then pushes where due.
@@ -229,8 +264,7 @@ impl RootTask {
         let started = Instant::now();
         self.status.cycle_started();
         let result = self.cycle_work(changes, taken, tick, mirror_pull).instrument(span.clone()).await;
-        let m = self.current.clone().unwrap_or_default();
-        span.record("files", m.file_count()).record("bytes", m.total_bytes());
+        span.record("files", self.held.1).record("bytes", self.held.2);
         span.record("duration_ms", started.elapsed().as_millis() as u64);
         let (error, failed) = match result {
             Ok((pushed, error)) => {
@@ -250,8 +284,7 @@ impl RootTask {
     fn publish(&self) {
         let current = self.current_id.as_deref();
         let dests = self.dests.iter().map(|d| d.status(current)).collect();
-        let (files, bytes) = self.current.as_ref().map_or((0, 0), |m| (m.file_count(), m.total_bytes()));
-        self.status.publish(files, bytes, dests);
+        self.status.publish(self.held.1, self.held.2, dests);
     }
 
     async fn cycle_work(
@@ -277,15 +310,24 @@ impl RootTask {
     /// Pushes the current manifest to every destination that lacks it and is
     /// due. Returns how many pushes landed and the first error.
     async fn push_all(&mut self, _tick: bool) -> (u64, Option<String>) {
-        let Some(manifest) = self.current.clone().filter(|_| self.cfg.direction.pushes()) else { return (0, None) };
-        if manifest.entries().is_empty() {
+        if !self.cfg.direction.pushes() || self.current_id.is_none() {
+            return (0, None);
+        }
+        if self.held.0 == 0 {
             // An empty (or unmounted) root would replace the key's content for everyone.
             debug!(root = %self.cfg.name, "the root is empty: nothing is pushed");
             return (0, None);
         }
+        let now = Instant::now();
+        if !self.dests.iter().any(|d| d.due(now) && d.known != self.current_id) {
+            return (0, None);
+        }
+        let manifest = match self.manifest().await {
+            Ok(m) => m,
+            Err(e) => return (0, Some(e.to_string())),
+        };
         let req = PushRequest { root: self.cfg.path.clone(), key: self.cfg.key.clone(), profile: self.cfg.profile };
         let (mut pushed, mut first_error) = (0, None);
-        let now = Instant::now();
         for dest in self.dests.iter_mut().filter(|d| d.due(now)) {
             if dest.known == self.current_id {
                 continue;
