@@ -96,6 +96,9 @@ fn main() -> ExitCode {
         eprintln!("cachesync: {e}");
         return ExitCode::from(2);
     }
+    if matches!(cli.command, Command::Agent(_)) {
+        cachesync::agent::use_one_malloc_arena();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
