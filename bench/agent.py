@@ -5,7 +5,8 @@ over loopback, a root of N small files (default 100,000).
 Prints: time for b to receive the whole root, propagation latency of one
 small file written on a (from the write until b holds it; includes the
 settle time and up to one interval), the cycle time a's log reports for that
-one-file change, and a's CPU and RSS while idle (watching, nothing changing).
+one-file change, and each agent's CPU and RSS while idle (watching, nothing
+changing; a pushed the root, b received it).
 
     cargo build --release && python3 bench/agent.py [--files 100000] [--bin target/release/cachesync]
 """
@@ -77,10 +78,11 @@ def main():
         time.sleep(2)
         cycles = re.findall(r"sync_cycle.*pushed=1 duration_ms=(\d+)", open(f"{a}/log").read())
         print(f"a's cycle with one changed file: {cycles[-1] if cycles else '?'} ms (log)")
-        c0, t0 = cpu_ticks(procs[0].pid), time.time()
+        c0, t0 = [cpu_ticks(p.pid) for p in procs], time.time()
         time.sleep(args.idle)
-        cpu = (cpu_ticks(procs[0].pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.time() - t0) * 100
-        print(f"idle agent a: {cpu:.2f}% of a core, RSS {rss_kib(procs[0].pid) / 1024:.1f} MiB")
+        for name, p, c in zip("ab", procs, c0):
+            cpu = (cpu_ticks(p.pid) - c) / os.sysconf("SC_CLK_TCK") / (time.time() - t0) * 100
+            print(f"idle agent {name}: {cpu:.2f}% of a core, RSS {rss_kib(p.pid) / 1024:.1f} MiB")
     finally:
         for p in procs:
             p.terminate()

@@ -15,21 +15,27 @@
 
 mod dest;
 mod index;
+mod meter;
 mod root;
 mod state;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use index::{Applied, Index};
-pub use state::RootStatus;
+use meter::RootMeter;
+use status::StatusCell;
+pub use status::{Activity, DestStatus, RootStatus};
 
 use crate::config::{AgentConfig, MirrorSettings, Settings};
+use crate::metrics::Metrics;
 use crate::mirror::{Mirror, MirrorError};
 use crate::rpc::client::ConnectOptions;
 use crate::sync::SyncOptions;
@@ -99,7 +105,20 @@ pub struct Agent {
     config: AgentConfig,
     shared: Arc<Shared>,
     server: Option<Mirror>,
-    status: Vec<Arc<Mutex<RootStatus>>>,
+    status: Vec<Arc<StatusCell>>,
+    metrics: Option<(TcpListener, Metrics)>,
+}
+
+/// Every root's status, as the agent's listener reports it
+/// (`cachesync status --agent`).
+#[derive(Clone)]
+pub struct AgentStatus(Arc<Vec<Arc<StatusCell>>>);
+
+impl AgentStatus {
+    /// Each root's status now, in the configuration's order.
+    pub fn roots(&self) -> Vec<RootStatus> {
+        self.0.iter().map(|c| c.read()).collect()
+    }
 }
 
 impl Agent {
@@ -147,19 +166,24 @@ impl Agent {
             peers: config.peers.clone(),
             state_dir: settings.state_dir.clone(),
         });
-        let status = config
+        let metrics = server.as_ref().map_or_else(Metrics::default, |s| s.metrics().clone());
+        let status: Vec<Arc<StatusCell>> = config
             .roots
             .iter()
-            .map(|r| {
-                Arc::new(Mutex::new(RootStatus {
-                    name: r.name.clone(),
-                    key: r.key.clone(),
-                    path: r.path.display().to_string(),
-                    ..RootStatus::default()
-                }))
-            })
+            .map(|r| Arc::new(StatusCell::new(initial(r), RootMeter::new(&metrics, &r.name))))
             .collect();
-        Ok(Agent { config, shared, server, status })
+        let report = AgentStatus(Arc::new(status.clone()));
+        let server = server.map(|s| s.with_agent_status(Arc::new(move || report.roots())));
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some((bind_metrics(addr).await?, metrics)),
+            None => None,
+        };
+        Ok(Agent { config, shared, server, status, metrics })
+    }
+
+    /// The address of the metrics endpoint, if the agent serves one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The address peers push to, if the agent listens.
@@ -177,6 +201,9 @@ impl Agent {
         let stop = shutdown.child_token();
         let server_stop = CancellationToken::new();
         let mut server_task = None;
+        if let Some((listener, metrics)) = self.metrics {
+            crate::metrics::spawn(listener, metrics, server_stop.clone());
+        }
         if let Some(server) = self.server {
             let receivers: Vec<_> = self.config.roots.iter().map(|_| server.subscribe()).collect();
             let addr = server.local_addr().ok();
@@ -212,6 +239,55 @@ impl Agent {
     }
 }
 
+/// Makes every thread allocate from one malloc arena. glibc gives threads
+/// arenas of their own, and each keeps the peak of what its thread once
+/// allocated (the walk at start runs on one thread, a push on another):
+/// measured on a 100,000-file root, an idle agent held 96 MiB with the
+/// default arenas, 50 MiB with one. The agent allocates little once it
+/// runs, so sharing one arena costs nothing that shows. Call it first
+/// thing, before the runtime starts its threads.
+pub fn use_one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Hands memory freed after a cycle back to the system: glibc keeps freed
+/// memory in each thread's arena, so an idle agent would otherwise stay at
+/// the peak of its last cycle (the walk at start, a push of a big manifest).
+pub(crate) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    let bound = TcpListener::bind(addr).await;
+    Ok(bound.map_err(|source| MirrorError::Bind { addr: format!("{addr} (agent.metrics_listen)"), source })?)
+}
+
+/// A root's status before its task starts.
+fn initial(r: &crate::config::RootConfig) -> RootStatus {
+    let direction = match r.direction {
+        crate::config::Direction::Push => "push",
+        crate::config::Direction::Pull => "pull",
+        crate::config::Direction::Both => "both",
+    };
+    RootStatus {
+        name: r.name.clone(),
+        path: r.path.display().to_string(),
+        profile: r.profile.to_string(),
+        key: r.key.clone(),
+        direction: direction.into(),
+        schedule: r.schedule.to_string(),
+        ..RootStatus::default()
+    }
+}
+
 /// The embedded server: the mirror's settings, with the agent's address,
 /// store and tokens (and no TLS: see the README).
 fn server_settings(settings: &Settings, addr: SocketAddr) -> MirrorSettings {
@@ -223,8 +299,8 @@ fn server_settings(settings: &Settings, addr: SocketAddr) -> MirrorSettings {
     MirrorSettings { listen: addr.to_string(), store, tokens_file: a.tokens_file.clone(), ..MirrorSettings::default() }
 }
 
-/// How the agent reaches its own listener.
-fn loopback_url(addr: SocketAddr) -> String {
+/// How the agent (or `cachesync status --agent` on its host) reaches its listener.
+pub fn loopback_url(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("an address") } else { addr.ip() };
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }

@@ -53,6 +53,9 @@ pub struct AgentArgs {
     /// Address to listen on for peers (default 127.0.0.1:7416).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve Prometheus metrics on GET /metrics at this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `cachesync mirror`.
@@ -179,6 +182,10 @@ pub struct StatusArgs {
     /// Only keys starting with this.
     #[arg(long, default_value = "")]
     pub prefix: String,
+    /// Show an agent's roots instead of a mirror's keys: the agent at URL, or
+    /// without one at agent.listen of the configuration (default 127.0.0.1:7416).
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["mirror", "prefix"])]
+    pub agent: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,7 @@
 //! One short adapter per subcommand: settings in, library call, output out.
 //! The only place (with `main.rs`) where `anyhow` is used.
 
+mod agent_status;
 mod go;
 
 use std::time::Instant;
@@ -166,6 +167,9 @@ fn print_report(r: &Report, json: bool, verb: &str, dir: &std::path::Path) {
 }
 
 async fn status(args: StatusArgs, settings: Settings) -> anyhow::Result<()> {
+    if let Some(url) = &args.agent {
+        return agent_status::show(url, args.json, &settings).await;
+    }
     let mut client = connect(&settings).await?;
     let list = client.list_keys(&args.prefix).await?;
     if args.json {

@@ -39,7 +39,10 @@ fn flag_overrides(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Push(a) => add("client.mirror", &a.url.mirror),
         Command::Pull(a) => add("client.mirror", &a.url.mirror),
         Command::Status(a) => add("client.mirror", &a.url.mirror),
-        Command::Agent(a) => add("agent.listen", &a.listen),
+        Command::Agent(a) => {
+            add("agent.listen", &a.listen);
+            add("agent.metrics_listen", &a.metrics_listen);
+        }
         Command::Gc(a) => add("mirror.store", &a.store.clone().filter(|s| !s.is_empty())),
         Command::Scan(_) | Command::Verify(_) => {}
     }
@@ -92,6 +95,9 @@ fn main() -> ExitCode {
     if let Err(e) = init_tracing(&settings, matches!(cli.command, Command::Mirror(_) | Command::Agent(_))) {
         eprintln!("cachesync: {e}");
         return ExitCode::from(2);
+    }
+    if matches!(cli.command, Command::Agent(_)) {
+        cachesync::agent::use_one_malloc_arena();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

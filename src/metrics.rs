@@ -3,7 +3,8 @@
 //! and served on `GET /metrics` when a listen address is configured.
 //!
 //! Fixed counters cover the mirror and its replication; other parts (the
-//! agent's roots) register labelled gauges with [`Metrics::gauge`].
+//! agent's roots) register labelled gauges and counters with
+//! [`Metrics::gauge`] and [`Metrics::counter`].
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -32,9 +33,25 @@ impl Gauge {
     }
 }
 
+/// A value that only goes up, as registered with [`Metrics::counter`].
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Gauge);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        (self.0).0.fetch_add(n as i64, Ordering::Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.0.get() as u64
+    }
+}
+
 struct Registered {
     name: String,
     help: String,
+    kind: &'static str,
     labels: Vec<(String, String)>,
     gauge: Gauge,
 }
@@ -47,6 +64,7 @@ struct Inner {
     bytes_sent: AtomicU64,
     dedupe_blobs: AtomicU64,
     dedupe_bytes: AtomicU64,
+    delta_saved_bytes: AtomicU64,
     commits: AtomicU64,
     commits_unchanged: AtomicU64,
     errors: AtomicU64,
@@ -83,6 +101,11 @@ impl Metrics {
         add(&self.0.dedupe_bytes, bytes);
     }
 
+    /// A blob received as a delta: `bytes` fewer than its whole content crossed.
+    pub fn delta_saved(&self, bytes: u64) {
+        add(&self.0.delta_saved_bytes, bytes);
+    }
+
     /// A commit; `unchanged` when it wrote no new generation.
     pub fn committed(&self, unchanged: bool) {
         add(if unchanged { &self.0.commits_unchanged } else { &self.0.commits }, 1);
@@ -108,9 +131,18 @@ impl Metrics {
     /// the caller keeps the handle and sets it. Gauges of one name share
     /// their help text (the first one's).
     pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
+        self.register(name, help, "gauge", labels)
+    }
+
+    /// Registers a counter, as [`Metrics::gauge`] does a gauge (a name ending in `_total`).
+    pub fn counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
+        Counter(self.register(name, help, "counter", labels))
+    }
+
+    fn register(&self, name: &str, help: &str, kind: &'static str, labels: &[(&str, &str)]) -> Gauge {
         let gauge = Gauge::default();
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let entry = Registered { name: name.into(), help: help.into(), labels, gauge: gauge.clone() };
+        let entry = Registered { name: name.into(), help: help.into(), kind, labels, gauge: gauge.clone() };
         self.0.gauges.lock().expect("gauges lock").push(entry);
         gauge
     }
@@ -127,6 +159,7 @@ impl Metrics {
             ("cachesync_mirror_blob_bytes_sent_total", "Bytes of blobs sent whole to clients.", &i.bytes_sent),
             ("cachesync_mirror_dedupe_blobs_total", "Blobs offered that the store already had.", &i.dedupe_blobs),
             ("cachesync_mirror_dedupe_bytes_total", "Bytes the store already had: not transferred.", &i.dedupe_bytes),
+            ("cachesync_mirror_delta_saved_bytes_total", "Bytes deltas spared uploads.", &i.delta_saved_bytes),
             ("cachesync_mirror_commits_total", "Commits that wrote a new generation.", &i.commits),
             ("cachesync_mirror_commits_unchanged_total", "Commits of unchanged content.", &i.commits_unchanged),
             ("cachesync_mirror_errors_total", "Uploads, downloads and commits that failed.", &i.errors),
@@ -157,7 +190,7 @@ impl Metrics {
                 let labels: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
                 let value = g.gauge.get().to_string();
                 if first {
-                    sample(&mut out, name, &g.help, "gauge", &labels.join(","), &value);
+                    sample(&mut out, name, &g.help, g.kind, &labels.join(","), &value);
                     first = false;
                 } else {
                     let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
@@ -187,6 +220,20 @@ async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
 }
 
+/// Serves `GET /metrics` on `listener` in a task until `shutdown`, logging
+/// where it listens (and, at ERROR, if it fails).
+pub fn spawn(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "metrics on GET /metrics"),
+        Err(e) => tracing::warn!(error = %e, "metrics listener has no address"),
+    }
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, metrics, shutdown).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown`.
 ///
 /// # Errors
@@ -211,6 +258,9 @@ mod tests {
         let b = m.gauge("cachesync_agent_root_files", "ignored", &[("root", "/b")]);
         a.set(3);
         b.set(-1);
+        let c = m.counter("cachesync_agent_pushes_total", "Pushes.", &[("root", "a")]);
+        c.add(2);
+        c.add(1);
         let text = m.render();
         assert!(
             text.contains(
@@ -228,5 +278,9 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("# TYPE cachesync_agent_root_files gauge").count(), 1);
+        assert!(
+            text.contains("# TYPE cachesync_agent_pushes_total counter\ncachesync_agent_pushes_total{root=\"a\"} 3\n"),
+            "{text}"
+        );
     }
 }

@@ -140,6 +140,12 @@ impl Mirror {
         self
     }
 
+    /// Answers `AgentStatus` with what `report` gives (an agent's listener).
+    pub fn with_agent_status(mut self, report: crate::rpc::server::RootsReport) -> Mirror {
+        self.service = self.service.with_agent_status(report);
+        self
+    }
+
     /// The address actually bound (useful with port 0).
     ///
     /// # Errors
@@ -183,14 +189,7 @@ impl Mirror {
             tokio::spawn(crate::replicate::run_scheduled(source, self.store, schedule, metrics, shutdown.clone()))
         });
         if let Some(listener) = self.metrics_listener {
-            let addr = listener.local_addr().map_err(|source| MirrorError::Bind { addr: "?".into(), source })?;
-            info!(%addr, "metrics on GET /metrics");
-            let (metrics, shutdown) = (self.metrics.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(listener, metrics, shutdown).await {
-                    error!(error = %e, "metrics endpoint failed");
-                }
-            });
+            crate::metrics::spawn(listener, self.metrics.clone(), shutdown.clone());
         }
         info!(%addr, tokens = self.auth.is_enforced(), tls = self.tls.is_some(), "mirror listening");
         let mut builder = tonic::transport::Server::builder();

@@ -5,6 +5,7 @@
 //! place where errors become `tonic::Status` ([`ServerError`]), the service
 //! over a store ([`server`]) and the client ([`client`]).
 
+mod agent_status;
 pub mod client;
 mod counting;
 pub(crate) mod frames;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use held::load as held_manifest;
+pub use held::{load as held_manifest, park as park_manifest, unpark as unpark_manifest};
 pub use pull::{PullRequest, pull, pull_go_sum};
 pub use push::{PushRequest, push, push_manifest};
 

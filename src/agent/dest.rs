@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::status::{DestStatus, now_unix_ms};
 use crate::hash::Hash;
 use crate::manifest::{Known, Manifest};
 use crate::rpc::client::{Client, ConnectOptions};
@@ -49,6 +50,8 @@ pub struct Dest {
     pub known: Option<String>,
     /// The last manifest pushed there: the next push's manifests cross as diffs against it.
     held: Option<Known>,
+    /// The id of `held` while it is parked on disk (see [`Dest::park`]).
+    parked: Option<Hash>,
     failures: u32,
     retry_at: Option<Instant>,
     /// The last error, while it lasts.
@@ -58,7 +61,7 @@ pub struct Dest {
 impl Dest {
     /// A destination known to hold `known`.
     pub fn new(url: String, kind: &'static str, known: Option<String>) -> Dest {
-        Dest { url, kind, client: None, known, held: None, failures: 0, retry_at: None, last_error: None }
+        Dest { url, kind, client: None, known, held: None, parked: None, failures: 0, retry_at: None, last_error: None }
     }
 
     /// Not waiting for a retry at `now`.
@@ -95,7 +98,11 @@ impl Dest {
         opts: &SyncOptions,
         connect: &ConnectOptions,
     ) -> Result<Report, SyncError> {
-        let held = self.held.take();
+        let held = match (self.held.take(), self.parked.take()) {
+            (Some(held), _) => Some(held),
+            (None, Some(id)) => sync::unpark_manifest(&opts.state_dir, &req.root, id).await,
+            (None, None) => None,
+        };
         let result = match self.client(connect).await {
             Ok(client) => sync::push_manifest(client, req, manifest, held.as_ref(), opts).await,
             Err(e) => Err(e),
@@ -111,6 +118,36 @@ impl Dest {
                 self.failed(&req.key, &e);
                 Err(e)
             }
+        }
+    }
+
+    /// Whether the last manifest pushed there is `manifest` itself.
+    pub fn holds(&self, manifest: &Arc<Manifest>) -> bool {
+        self.held.as_ref().is_some_and(|k| Arc::ptr_eq(&k.manifest, manifest))
+    }
+
+    /// Lets go of the last manifest pushed there, which the caller parked on
+    /// disk; the next push reads it back.
+    pub fn park(&mut self) {
+        self.parked = self.held.take().map(|k| k.id);
+    }
+
+    /// What it holds and how it is doing, for status; `current`: the hex id
+    /// of what the root holds now.
+    pub fn status(&self, current: Option<&str>) -> DestStatus {
+        let retry_unix_ms = self.retry_at.map_or(0, |t| {
+            let left = t.saturating_duration_since(Instant::now());
+            now_unix_ms() + left.as_millis() as i64
+        });
+        DestStatus {
+            url: self.url.clone(),
+            kind: self.kind.to_string(),
+            holds: self.known.clone(),
+            up_to_date: current.is_some() && self.known.as_deref() == current,
+            backing_off: self.retry_at.is_some_and(|t| t > Instant::now()),
+            failures: self.failures,
+            retry_unix_ms,
+            last_error: self.last_error.clone(),
         }
     }
 

@@ -7,7 +7,10 @@
 //! Files modified within the settle time are left out and handed back as
 //! deferred: they are still being written. Blocking: call from the blocking pool.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,11 +32,50 @@ pub struct Applied {
     pub hashed: u64,
 }
 
+/// An entry, ordered and found by its path alone (the path is not kept a
+/// second time as a map key: a root's index is the agent's largest
+/// structure). Compare whole entries with [`same`].
+#[derive(Debug, Clone)]
+struct ByPath(Entry);
+
+impl PartialEq for ByPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.path == other.0.path
+    }
+}
+
+impl Eq for ByPath {}
+
+impl PartialOrd for ByPath {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByPath {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.path.cmp(&other.0.path)
+    }
+}
+
+impl Borrow<str> for ByPath {
+    fn borrow(&self) -> &str {
+        &self.0.path
+    }
+}
+
+type Entries = BTreeSet<ByPath>;
+
+/// The two sets hold the same entries, every field equal.
+fn same(a: &Entries, b: &Entries) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0)
+}
+
 /// The entries of one root.
 pub struct Index {
     root: PathBuf,
     profile: Profile,
-    entries: BTreeMap<String, Entry>,
+    entries: Entries,
     cache: HashCache,
     manifest: Option<Arc<Manifest>>,
 }
@@ -45,7 +87,7 @@ fn now_ns() -> i64 {
 impl Index {
     /// An empty index of `root`, with the digests of an earlier run.
     pub fn new(root: &Path, profile: Profile, cache: HashCache) -> Index {
-        Index { root: root.to_path_buf(), profile, entries: BTreeMap::new(), cache, manifest: None }
+        Index { root: root.to_path_buf(), profile, entries: Entries::new(), cache, manifest: None }
     }
 
     /// The digests, to persist.
@@ -78,7 +120,7 @@ impl Index {
         let old = std::mem::take(&mut self.entries);
         let mut applied = Applied { hashed: part.hashed_files, ..Applied::default() };
         self.insert_settled(part.entries, &old, settle, &mut applied);
-        applied.changed = old != self.entries;
+        applied.changed = !same(&old, &self.entries);
         if applied.changed {
             self.manifest = None;
         }
@@ -102,7 +144,7 @@ impl Index {
     }
 
     fn is_dir(&self, path: &str) -> bool {
-        self.entries.get(path).is_some_and(|e| e.content == Content::Dir)
+        self.entries.get(path).is_some_and(|e| e.0.content == Content::Dir)
     }
 
     fn apply_one(&mut self, path: &str, walk: bool, settle: Duration, applied: &mut Applied) -> Result<(), ScanError> {
@@ -128,47 +170,42 @@ impl Index {
         let still_dir = part.entries.iter().any(|e| e.path == path && e.content == Content::Dir);
         let whole = recursive || !still_dir;
         let old = self.region(&path, whole);
-        for k in old.keys() {
-            self.entries.remove(k);
+        for e in &old {
+            self.entries.remove(e.0.path.as_str());
         }
         self.insert_settled(part.entries, &old, settle, applied);
-        applied.changed |= self.region(&path, whole) != old;
+        applied.changed |= !same(&self.region(&path, whole), &old);
         Ok(())
     }
 
     /// The entry at `path`, and with `whole` every entry under it.
-    fn region(&self, path: &str, whole: bool) -> BTreeMap<String, Entry> {
-        let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+    fn region(&self, path: &str, whole: bool) -> Entries {
+        let mut out = Entries::new();
         if let Some(e) = self.entries.get(path) {
-            out.insert(path.to_string(), e.clone());
+            out.insert(e.clone());
         }
         if whole {
             let under = format!("{path}/");
-            let inside = self.entries.range(under.clone()..).take_while(|(k, _)| k.starts_with(&under));
-            out.extend(inside.map(|(k, e)| (k.clone(), e.clone())));
+            let after = (Bound::Included(under.as_str()), Bound::Unbounded);
+            let inside = self.entries.range::<str, _>(after).take_while(|e| e.0.path.starts_with(&under));
+            out.extend(inside.cloned());
         }
         out
     }
 
     /// Inserts `found`, except files modified within `settle`: those keep
     /// their `old` entry (if any) and are deferred.
-    fn insert_settled(
-        &mut self,
-        found: Vec<Entry>,
-        old: &BTreeMap<String, Entry>,
-        settle: Duration,
-        applied: &mut Applied,
-    ) {
+    fn insert_settled(&mut self, found: Vec<Entry>, old: &Entries, settle: Duration, applied: &mut Applied) {
         let cutoff = now_ns().saturating_sub(settle.as_nanos() as i64);
         for e in found {
             if e.file_hash().is_some() && e.mtime_ns > cutoff {
-                if let Some(previous) = old.get(&e.path) {
-                    self.entries.insert(e.path.clone(), previous.clone());
+                if let Some(previous) = old.get(e.path.as_str()) {
+                    self.entries.replace(previous.clone());
                 }
                 applied.deferred.push(e.path);
                 continue;
             }
-            self.entries.insert(e.path.clone(), e);
+            self.entries.replace(ByPath(e));
         }
     }
 
@@ -192,7 +229,8 @@ impl Index {
         }
         let mut entries: Vec<Entry> = self
             .entries
-            .values()
+            .iter()
+            .map(|b| &b.0)
             .filter(|e| e.path.rsplit_once('/').is_none_or(|(parent, _)| self.is_dir(parent)))
             .cloned()
             .collect();
@@ -200,6 +238,11 @@ impl Index {
         let m = Arc::new(Manifest::new(entries)?);
         self.manifest = Some(m.clone());
         Ok(m)
+    }
+
+    /// Drops the manifest kept since the last change (it is built again on demand).
+    pub fn forget_manifest(&mut self) {
+        self.manifest = None;
     }
 
     /// Takes in a snapshot just written to the root by a pull: its entries
@@ -227,8 +270,8 @@ impl Index {
                 }
                 self.cache.insert(e.path.clone(), key, hash);
             }
-            if self.entries.get(&e.path) != Some(e) {
-                self.entries.insert(e.path.clone(), e.clone());
+            if self.entries.get(e.path.as_str()).map(|b| &b.0) != Some(e) {
+                self.entries.replace(ByPath(e.clone()));
                 self.manifest = None;
             }
         }

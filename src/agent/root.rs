@@ -16,7 +16,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::dest::Dest;
 use super::index::{Applied, Index};
-use super::state::{RootState, RootStatus};
+use super::state::RootState;
+use super::status::{StatusCell, now_unix_ms};
 use super::{AgentError, Shared};
 use crate::config::RootConfig;
 use crate::manifest::Manifest;
@@ -33,11 +34,16 @@ pub struct RootTask {
     /// The agent's own store, read through its listener.
     own: Option<Dest>,
     applied: Option<String>,
+    /// The manifest of the index while a destination may need it; dropped
+    /// once every destination holds it (an idle agent keeps one copy of the
+    /// root: the index), built again from the index when needed.
     current: Option<Arc<Manifest>>,
-    /// Hex id of `current` (computing it encodes every entry).
+    /// Hex id of the index's manifest (computing it encodes every entry).
     current_id: Option<String>,
+    /// Entries, files and bytes of that manifest.
+    held: (usize, u64, u64),
     commits: Option<broadcast::Receiver<SnapshotRecord>>,
-    status: Arc<Mutex<RootStatus>>,
+    status: Arc<StatusCell>,
 }
 
 /// What woke the loop.
@@ -59,7 +65,7 @@ impl RootTask {
         cfg: RootConfig,
         shared: Arc<Shared>,
         commits: Option<broadcast::Receiver<SnapshotRecord>>,
-        status: Arc<Mutex<RootStatus>>,
+        status: Arc<StatusCell>,
     ) -> RootTask {
         let state = RootState::load(&shared.state_dir, &cfg.name);
         let index = Index::new(&cfg.path, cfg.profile, state.cache);
@@ -79,6 +85,7 @@ impl RootTask {
             applied: state.applied,
             current: None,
             current_id: None,
+            held: (0, 0, 0),
             commits,
             status,
         }
@@ -92,6 +99,8 @@ impl RootTask {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let (watcher, changes) = self.start().await?;
         let mut next_tick = Instant::now();
+        self.status.update(|s| s.next_run_unix_ms = now_unix_ms());
+        self.publish();
         let mut next_rescan = Instant::now() + self.shared.rescan;
         loop {
             let wake = self.wait(&changes, next_tick.min(next_rescan), &shutdown).await;
@@ -109,7 +118,9 @@ impl RootTask {
                         }
                         let tick = now >= next_tick;
                         if tick {
-                            next_tick = now + until(self.cfg.schedule.next_after(SystemTime::now()));
+                            let next = self.cfg.schedule.next_after(SystemTime::now());
+                            next_tick = now + until(next);
+                            self.status.update(|s| s.next_run_unix_ms = unix_ms(next));
                         }
                         self.cycle(&changes, tick).await;
                     }
@@ -123,6 +134,8 @@ impl RootTask {
             if shutdown.is_cancelled() {
                 break;
             }
+            self.release_if_idle().await;
+            self.publish();
         }
         self.save().await;
         Ok(())
@@ -149,6 +162,7 @@ impl RootTask {
         .await
         .expect("watch task panicked")?;
         let changes = watcher.changes();
+        self.status.watch(changes.clone());
         info!(root = %self.cfg.name, path = %self.cfg.path.display(), watches = watcher.watches(), "watching");
         let applied = self.with_index(|i, settle| i.rescan(settle)).await?;
         self.requeue(&changes, &applied);
@@ -161,17 +175,52 @@ impl RootTask {
         &mut self,
         f: impl FnOnce(&mut Index, Duration) -> Result<Applied, crate::scan::ScanError> + Send + 'static,
     ) -> Result<Applied, AgentError> {
-        let (index, settle) = (self.index.clone(), self.shared.settle);
+        let (index, settle, known) = (self.index.clone(), self.shared.settle, self.current_id.is_some());
         let (applied, manifest) = tokio::task::spawn_blocking(move || {
             let mut index = lock(&index);
             let applied = f(&mut index, settle)?;
-            let manifest = index.manifest()?;
+            let manifest = if applied.changed || !known { Some(index.manifest()?) } else { None };
             Ok::<_, AgentError>((applied, manifest))
         })
         .await
         .expect("index task panicked")?;
-        self.set_current(manifest);
+        if let Some(manifest) = manifest {
+            self.set_current(manifest);
+        }
         Ok(applied)
+    }
+
+    /// The index's manifest: the one kept, or built again.
+    async fn manifest(&mut self) -> Result<Arc<Manifest>, AgentError> {
+        if let Some(m) = &self.current {
+            return Ok(m.clone());
+        }
+        let index = self.index.clone();
+        let built = tokio::task::spawn_blocking(move || lock(&index).manifest()).await.expect("index task panicked")?;
+        self.set_current(built.clone());
+        Ok(built)
+    }
+
+    /// Drops the manifest once no destination needs it, and hands memory
+    /// freed by the cycle back to the system.
+    async fn release_if_idle(&mut self) {
+        if self.current.is_none() || self.dests.iter().any(|d| self.needs(d)) {
+            return;
+        }
+        let current = self.current.take().expect("checked above");
+        // The destinations' diff base is this manifest: on disk while idle.
+        if self.dests.iter().any(|d| d.holds(&current))
+            && sync::park_manifest(&self.shared.sync.state_dir, &self.cfg.path, current.clone()).await
+        {
+            self.dests.iter_mut().filter(|d| d.holds(&current)).for_each(Dest::park);
+        }
+        drop(current);
+        let index = self.index.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            lock(&index).forget_manifest();
+            super::release_freed_memory();
+        })
+        .await;
     }
 
     fn set_current(&mut self, manifest: Arc<Manifest>) {
@@ -179,6 +228,7 @@ impl RootTask {
             return;
         }
         self.current_id = Some(manifest.id().to_hex());
+        self.held = (manifest.entries().len(), manifest.file_count(), manifest.total_bytes());
         self.current = Some(manifest);
     }
 
@@ -205,8 +255,7 @@ impl RootTask {
     }
 
     fn needs(&self, d: &Dest) -> bool {
-        let empty = self.current.as_ref().is_none_or(|m| m.entries().is_empty());
-        self.cfg.direction.pushes() && !empty && d.known != self.current_id
+        self.cfg.direction.pushes() && self.held.0 > 0 && d.known != self.current_id
     }
 
     /// One sync cycle: settled changes into the index, then pushes where due.
@@ -220,26 +269,29 @@ impl RootTask {
         let span = info_span!("sync_cycle", root = %self.cfg.name, files = tracing::field::Empty,
             bytes = tracing::field::Empty, duration_ms = tracing::field::Empty);
         let started = Instant::now();
+        self.status.cycle_started();
         let result = self.cycle_work(changes, taken, tick, mirror_pull).instrument(span.clone()).await;
-        let m = self.current.clone().unwrap_or_default();
-        span.record("files", m.file_count()).record("bytes", m.total_bytes());
+        span.record("files", self.held.1).record("bytes", self.held.2);
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        let mut status = lock(&self.status);
-        status.files = m.file_count();
-        match result {
+        let (error, failed) = match result {
             Ok((pushed, error)) => {
                 let ms = started.elapsed().as_millis() as u64;
                 debug!(parent: &span, pushed, duration_ms = ms, "sync cycle finished");
-                match error {
-                    None => status.succeeded(pushed),
-                    Some(e) => status.last_error = Some(e),
-                }
+                (error, false)
             }
             Err(e) => {
                 warn!(parent: &span, root = %self.cfg.name, error = %e, "sync cycle failed; retrying next cycle");
-                status.last_error = Some(e.to_string());
+                (Some(e.to_string()), true)
             }
-        }
+        };
+        self.status.cycle_ended(started.elapsed(), error, failed);
+    }
+
+    /// Publishes what the root holds and how its destinations are doing.
+    fn publish(&self) {
+        let current = self.current_id.as_deref();
+        let dests = self.dests.iter().map(|d| d.status(current)).collect();
+        self.status.publish(self.held.1, self.held.2, dests);
     }
 
     async fn cycle_work(
@@ -265,15 +317,24 @@ impl RootTask {
     /// Pushes the current manifest to every destination that lacks it and is
     /// due. Returns how many pushes landed and the first error.
     async fn push_all(&mut self, _tick: bool) -> (u64, Option<String>) {
-        let Some(manifest) = self.current.clone().filter(|_| self.cfg.direction.pushes()) else { return (0, None) };
-        if manifest.entries().is_empty() {
+        if !self.cfg.direction.pushes() || self.current_id.is_none() {
+            return (0, None);
+        }
+        if self.held.0 == 0 {
             // An empty (or unmounted) root would replace the key's content for everyone.
             debug!(root = %self.cfg.name, "the root is empty: nothing is pushed");
             return (0, None);
         }
+        let now = Instant::now();
+        if !self.dests.iter().any(|d| d.due(now) && d.known != self.current_id) {
+            return (0, None);
+        }
+        let manifest = match self.manifest().await {
+            Ok(m) => m,
+            Err(e) => return (0, Some(e.to_string())),
+        };
         let req = PushRequest { root: self.cfg.path.clone(), key: self.cfg.key.clone(), profile: self.cfg.profile };
         let (mut pushed, mut first_error) = (0, None);
-        let now = Instant::now();
         for dest in self.dests.iter_mut().filter(|d| d.due(now)) {
             if dest.known == self.current_id {
                 continue;
@@ -281,10 +342,12 @@ impl RootTask {
             match dest.push(&req, &manifest, &self.shared.sync, &self.shared.connect).await {
                 Ok(r) => {
                     pushed += 1;
+                    self.status.pushed(&r);
                     let (dest, generation) = (dest.url.as_str(), r.generation);
                     info!(root = %self.cfg.name, dest, generation, files = r.files, bytes_sent = r.bytes_sent, "pushed");
                 }
                 Err(e) => {
+                    self.status.push_failed();
                     first_error.get_or_insert_with(|| format!("{}: {e}", dest.url));
                 }
             }
@@ -300,7 +363,10 @@ impl RootTask {
             match self.pull_from(&mut dest, changes).await {
                 Ok(Some(m)) => dest.succeeded(&self.cfg.key, m),
                 Ok(None) => {}
-                Err(e) => dest.failed(&self.cfg.key, &e),
+                Err(e) => {
+                    self.status.apply_failed(format!("{}: {e}", dest.url));
+                    dest.failed(&self.cfg.key, &e);
+                }
             }
         }
         self.dests[i] = dest;
@@ -316,7 +382,7 @@ impl RootTask {
         if let Err(e) = self.pull_from(&mut own, changes).await {
             warn!(root = %self.cfg.name, error = %e, "could not apply a snapshot a peer pushed");
             own = Dest::new(own.url, "self", None);
-            lock(&self.status).last_error = Some(e.to_string());
+            self.status.apply_failed(e.to_string());
         }
         self.own = Some(own);
     }
@@ -344,6 +410,7 @@ impl RootTask {
         let held = sync::held_manifest(&opts.state_dir, &self.cfg.path).await; // the pull just stored it
         let manifest = client.manifest_since(id, held.as_ref()).await?.0.manifest;
         info!(root = %self.cfg.name, from = %dest.url, generation = report.generation, files = report.files, "applied a snapshot");
+        self.status.applied(&report);
         let index = self.index.clone();
         let differ = tokio::task::spawn_blocking(move || {
             let mut index = lock(&index);
@@ -389,6 +456,11 @@ async fn recv(
 async fn pump(watcher: &Arc<Mutex<Watcher>>) {
     let w = watcher.clone();
     let _ = tokio::task::spawn_blocking(move || lock(&w).pump()).await;
+}
+
+/// `t` in Unix milliseconds.
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// From now until `t`, zero if `t` passed.

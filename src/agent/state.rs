@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,34 +51,5 @@ impl RootState {
         if let Err((path, e)) = cache.save(&d.join("hashcache.bin")) {
             tracing::warn!(path = %path.display(), error = %e, "could not save the hash cache; the next start hashes again");
         }
-    }
-}
-
-/// How a root is doing, for `cachesync status --agent`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RootStatus {
-    /// The root's name.
-    pub name: String,
-    /// Its key.
-    pub key: String,
-    /// Its directory.
-    pub path: String,
-    /// Files in its index.
-    pub files: u64,
-    /// When a cycle last ended without error (Unix ms; 0: never).
-    pub last_success_unix_ms: i64,
-    /// The last cycle's error, if it failed.
-    pub last_error: Option<String>,
-    /// Pushes that landed since the start.
-    pub pushes: u64,
-}
-
-impl RootStatus {
-    /// Records a cycle that ended without error.
-    pub fn succeeded(&mut self, pushed: u64) {
-        self.last_success_unix_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        self.last_error = None;
-        self.pushes += pushed;
     }
 }

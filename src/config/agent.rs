@@ -35,6 +35,8 @@ pub struct AgentSettings {
     pub rescan: String,
     /// Most directories watched per root (0: as many as the kernel allows).
     pub max_watches: usize,
+    /// Address of the Prometheus `GET /metrics` endpoint; empty: none.
+    pub metrics_listen: String,
     /// The roots, as `[[agent.root]]` tables.
     pub root: Vec<RootSettings>,
 }
@@ -70,6 +72,7 @@ impl Default for AgentSettings {
             settle: "2s".into(),
             rescan: "10m".into(),
             max_watches: 0,
+            metrics_listen: String::new(),
             root: Vec::new(),
         }
     }
@@ -113,6 +116,8 @@ pub struct AgentConfig {
     pub rescan: Duration,
     /// Watch limit per root (0: the kernel's).
     pub max_watches: usize,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The roots.
     pub roots: Vec<RootConfig>,
 }
@@ -147,12 +152,14 @@ impl AgentSettings {
     /// [`ConfigError::Invalid`] naming the setting.
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
         let bad = |m: String| ConfigError::Invalid(m);
-        let listen = match self.listen.as_str() {
-            "" => None,
-            text => Some(text.parse::<SocketAddr>().map_err(|_| {
-                bad(format!("agent.listen = {text:?}: expected an address like 127.0.0.1:7416, or empty"))
-            })?),
+        let address = |name: &str, text: &str| match text {
+            "" => Ok(None),
+            text => text.parse::<SocketAddr>().map(Some).map_err(|_| {
+                bad(format!("agent.{name} = {text:?}: expected an address like 127.0.0.1:7416, or empty"))
+            }),
         };
+        let listen = address("listen", &self.listen)?;
+        let metrics_listen = address("metrics_listen", &self.metrics_listen)?;
         if let Some(p) = self.peers.iter().find(|p| !url_ok(p)) {
             return Err(bad(format!("agent.peers: {p:?} is not a URL like http://host:7416")));
         }
@@ -183,6 +190,7 @@ impl AgentSettings {
             settle,
             rescan,
             max_watches: self.max_watches,
+            metrics_listen,
             roots,
         })
     }
@@ -251,6 +259,7 @@ mod tests {
             assert!(e.contains(what), "{e} lacks {what}");
         };
         check(AgentSettings { listen: "nowhere".into(), ..with(vec![]) }, "agent.listen");
+        check(AgentSettings { metrics_listen: ":9".into(), ..with(vec![]) }, "agent.metrics_listen");
         check(AgentSettings { settle: "soon".into(), ..with(vec![]) }, "agent.settle");
         check(AgentSettings { peers: vec!["peer:1".into()], ..with(vec![]) }, "agent.peers");
         check(with(vec![root("a"), root("a")]), "two roots");

@@ -85,6 +85,14 @@ pub enum ClientError {
     /// A blob stream failed.
     #[error(transparent)]
     Frames(#[from] FrameError),
+    /// `AgentStatus` asked of a server that is not an agent.
+    #[error(
+        "{url} is not a cachesync agent (a plain mirror has no roots); `cachesync status --mirror {url}` lists its keys"
+    )]
+    NotAnAgent {
+        /// The URL.
+        url: String,
+    },
 }
 
 /// Adds the protocol version, and the token if there is one, to every call.
@@ -335,6 +343,24 @@ impl Client {
             .into_iter()
             .map(|s| SnapshotRecord::try_from(s).map_err(|e| self.invalid("snapshot", e)))
             .collect()
+    }
+
+    /// An agent's roots and how each is doing.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NotAnAgent`] from a plain mirror (or one too old to
+    /// know the call); transport errors and refusals.
+    pub async fn agent_status(&mut self) -> Result<Vec<crate::agent::RootStatus>, ClientError> {
+        let resp = self.inner.agent_status(pb::AgentStatusRequest {}).await.map_err(|s| match s.code() {
+            Code::Unimplemented => ClientError::NotAnAgent { url: self.url.clone() },
+            Code::FailedPrecondition if s.message() == super::agent_status::NOT_AN_AGENT => {
+                ClientError::NotAnAgent { url: self.url.clone() }
+            }
+            _ => self.refused(s),
+        })?;
+        let roots = resp.into_inner().roots.into_iter();
+        roots.map(|r| crate::agent::RootStatus::try_from(r).map_err(|e| self.invalid("agent status", e))).collect()
     }
 
     /// Downloads, verifies and decodes a manifest, whole.

@@ -78,7 +78,12 @@ pub struct MirrorService {
     metrics: Metrics,
     /// Every commit that changed a key, for whoever subscribed (the agent).
     committed: tokio::sync::broadcast::Sender<store::SnapshotRecord>,
+    /// An agent's roots, for `AgentStatus`; `None` on a plain mirror.
+    agent: Option<RootsReport>,
 }
+
+/// How an agent reports its roots to its listener.
+pub type RootsReport = std::sync::Arc<dyn Fn() -> Vec<crate::agent::RootStatus> + Send + Sync>;
 
 /// Commits served at the same time; others wait their turn.
 const CONCURRENT_COMMITS: usize = 4;
@@ -110,7 +115,14 @@ impl MirrorService {
             metrics: Metrics::default(),
             committed: tokio::sync::broadcast::channel(64).0,
             zip_hashes: Default::default(),
+            agent: None,
         }
+    }
+
+    /// Answers `AgentStatus` with what `report` gives (the agent's listener).
+    pub fn with_agent_status(mut self, report: RootsReport) -> Self {
+        self.agent = Some(report);
+        self
     }
 
     /// Counts what the service does in `metrics`.
@@ -248,9 +260,11 @@ impl CacheSync for MirrorService {
             let mut guard = shared.lock().expect("counts lock");
             guard.0 += 1;
             let (size, rejected_before) = (incoming.size, guard.1.len());
+            let delta = incoming.delta_base.map(|_| std::fs::metadata(&incoming.staged).map_or(size, |m| m.len()));
             Self::handle_incoming(&store, incoming, &mut guard.1)?;
             if guard.1.len() == rejected_before {
                 metrics.blob_received(size);
+                metrics.delta_saved(delta.map_or(0, |d| size.saturating_sub(d)));
             }
             Ok(())
         })
@@ -338,6 +352,15 @@ impl CacheSync for MirrorService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn agent_status(
+        &self,
+        _req: Request<pb::AgentStatusRequest>,
+    ) -> Result<Response<pb::AgentStatusResponse>, Status> {
+        let report =
+            self.agent.as_ref().ok_or_else(|| ServerError::Precondition(super::agent_status::NOT_AN_AGENT.into()))?;
+        Ok(Response::new(pb::AgentStatusResponse { roots: report().into_iter().map(Into::into).collect() }))
     }
 
     async fn commit(&self, req: Request<Streaming<pb::CommitFrame>>) -> Result<Response<pb::CommitResponse>, Status> {

@@ -31,9 +31,13 @@ pub async fn load(state_dir: &Path, root: &Path) -> Option<Known> {
 
 fn load_blocking(state_dir: &Path, root: &Path) -> Option<Known> {
     let id = Hash::from_hex(&load_base(state_dir, root)?.manifest).ok()?;
-    let path = held_path(state_dir, root);
-    let len = std::fs::metadata(&path).ok()?.len();
-    let bytes = (len <= MAX_MANIFEST).then(|| std::fs::read(&path).ok()).flatten();
+    read_known(&held_path(state_dir, root), id)
+}
+
+/// The manifest stored at `path`, if it is `id`.
+fn read_known(path: &Path, id: Hash) -> Option<Known> {
+    let len = std::fs::metadata(path).ok()?.len();
+    let bytes = (len <= MAX_MANIFEST).then(|| std::fs::read(path).ok()).flatten();
     let Some(bytes) = bytes.filter(|b| Hash::of(b) == id) else {
         warn!(path = %path.display(), manifest = %id, "the stored base manifest does not match its record; ignoring it");
         return None;
@@ -51,7 +55,26 @@ fn load_blocking(state_dir: &Path, root: &Path) -> Option<Known> {
 /// that names it is written. A failure is logged: the next transfer then
 /// moves the whole manifest.
 pub async fn save(state_dir: &Path, root: &Path, manifest: Arc<Manifest>) {
-    let path = held_path(state_dir, root);
+    write(held_path(state_dir, root), manifest).await;
+}
+
+fn parked_path(state_dir: &Path, root: &Path) -> PathBuf {
+    state_dir.join("bases").join(format!("{}.parked.bin", root_id(root)))
+}
+
+/// Parks `manifest`, what the agent's destinations hold for `root`, on disk
+/// while the agent is idle, so that memory does not hold it; true when stored.
+pub async fn park(state_dir: &Path, root: &Path, manifest: Arc<Manifest>) -> bool {
+    write(parked_path(state_dir, root), manifest).await
+}
+
+/// The manifest parked for `root`, if it is `id`.
+pub async fn unpark(state_dir: &Path, root: &Path, id: Hash) -> Option<Known> {
+    let path = parked_path(state_dir, root);
+    tokio::task::spawn_blocking(move || read_known(&path, id)).await.expect("load task panicked")
+}
+
+async fn write(path: PathBuf, manifest: Arc<Manifest>) -> bool {
     let saved = tokio::task::spawn_blocking(move || {
         let bytes = manifest.encode();
         (bytes.len() as u64 <= MAX_MANIFEST)
@@ -60,8 +83,14 @@ pub async fn save(state_dir: &Path, root: &Path, manifest: Arc<Manifest>) {
     .await
     .expect("save task panicked");
     match saved {
-        Some(Ok(())) => {}
-        Some(Err((path, e))) => warn!(path = %path.display(), error = %e, "could not store the base manifest"),
-        None => debug!("the base manifest is larger than the protocol allows; not stored"),
+        Some(Ok(())) => true,
+        Some(Err((path, e))) => {
+            warn!(path = %path.display(), error = %e, "could not store the base manifest");
+            false
+        }
+        None => {
+            debug!("the base manifest is larger than the protocol allows; not stored");
+            false
+        }
     }
 }

@@ -12,39 +12,39 @@ use cachesync::sync::{self, PushRequest};
 use crate::helpers::*;
 use crate::kill::Proc;
 
-const KEY: &str = "agent/tree";
+pub(crate) const KEY: &str = "agent/tree";
 /// How long convergence may take before a test gives up (it takes seconds).
-const CONVERGE_SECS: u64 = 20;
+pub(crate) const CONVERGE_SECS: u64 = 20;
 
 /// A port nothing listens on now (agents of a mesh must know each other's
 /// ports before any of them starts).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One agent's directories and configuration.
-struct Node {
-    dir: PathBuf,
-    port: u16,
+pub(crate) struct Node {
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Node {
-    fn new(base: &Path, name: &str) -> Node {
+    pub(crate) fn new(base: &Path, name: &str) -> Node {
         let dir = base.join(name);
         std::fs::create_dir_all(dir.join("root")).unwrap();
         Node { dir, port: free_port() }
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Writes the config: peers, and extra `[agent]` lines.
-    fn configure(&self, peers: &[&Node], extra: &str) -> PathBuf {
+    pub(crate) fn configure(&self, peers: &[&Node], extra: &str) -> PathBuf {
         let peers: Vec<String> = peers.iter().map(|p| format!("{:?}", p.url())).collect();
         let text = format!(
             "state_dir = {state:?}\n[agent]\nlisten = \"127.0.0.1:{port}\"\npeers = [{peers}]\nsettle = \"300ms\"\n{extra}\n\
@@ -60,9 +60,15 @@ impl Node {
     }
 
     /// Starts `cachesync agent` with the written config; returns once it listens.
-    async fn start(&self) -> Proc {
+    pub(crate) async fn start(&self) -> Proc {
+        self.start_with(&[]).await
+    }
+
+    /// [`Node::start`] with more flags after `agent`.
+    pub(crate) async fn start_with(&self, flags: &[&str]) -> Proc {
         let config = self.dir.join("agent.toml");
-        let args: [&OsStr; 3] = ["--config".as_ref(), config.as_ref(), "agent".as_ref()];
+        let mut args: Vec<&OsStr> = vec!["--config".as_ref(), config.as_ref(), "agent".as_ref()];
+        args.extend(flags.iter().map(OsStr::new));
         let mut proc = Proc::start(&self.dir, &args);
         let port = format!("127.0.0.1:{}", self.port);
         let log = proc.stderr.clone();
@@ -73,7 +79,7 @@ impl Node {
     }
 
     /// The newest generation of the key in this agent's embedded store.
-    async fn generation(&self) -> u64 {
+    pub(crate) async fn generation(&self) -> u64 {
         connect(&self.url()).await.resolve(KEY, &[]).await.unwrap().map_or(0, |s| s.generation)
     }
 }
@@ -94,7 +100,7 @@ fn contents(root: &Path) -> Vec<String> {
 }
 
 /// True when `rel` under `root` holds exactly `data`.
-fn holds(root: &Path, rel: &str, data: &[u8]) -> bool {
+pub(crate) fn holds(root: &Path, rel: &str, data: &[u8]) -> bool {
     std::fs::read(root.join(rel)).is_ok_and(|d| d == data)
 }
 
@@ -134,7 +140,7 @@ async fn generations(nodes: &[Node]) -> Vec<u64> {
     out
 }
 
-async fn stop(mut proc: Proc) {
+pub(crate) async fn stop(mut proc: Proc) {
     proc.signal(libc::SIGTERM);
     let status = proc.exit().await;
     assert!(status.success(), "{status}: {}", proc.output());
@@ -160,6 +166,12 @@ async fn a_mesh_of_three_converges_then_goes_quiet() {
     })
     .await;
     assert_eq!(wait_quiet(&nodes, &procs).await, [0, 1, 1], "a's snapshot came back to it");
+    // Idle, a keeps what its peers hold (its next diff base) on disk, not in memory.
+    let parked = |n: &Node| {
+        let bases = std::fs::read_dir(n.dir.join("state/bases")).map(|d| d.flatten().collect::<Vec<_>>());
+        bases.unwrap_or_default().iter().any(|e| e.file_name().to_string_lossy().ends_with(".parked.bin"))
+    };
+    wait_for(CONVERGE_SECS, "a to park its peers' manifest", || parked(&nodes[0])).await;
     // With a single writer, even directory mtimes agree.
     assert_same_tree(&nodes[0].root(), &nodes[1].root());
     assert_same_tree(&nodes[0].root(), &nodes[2].root());
@@ -177,6 +189,12 @@ async fn a_mesh_of_three_converges_then_goes_quiet() {
         panic!("trees differ:\n{}\n{}", trees.join("\n--\n"), logs.join("\n"));
     }
     wait_quiet(&nodes, &procs).await;
+    // a writes again: its push starts from the parked manifest.
+    write(&nodes[0].root(), "mod/a-again.txt", b"again\n");
+    wait_for(CONVERGE_SECS, "b and c to hold a's second file", || {
+        nodes.iter().all(|n| holds(&n.root(), "mod/a-again.txt", b"again\n"))
+    })
+    .await;
     for p in procs {
         stop(p).await;
     }

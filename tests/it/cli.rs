@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::helpers::*;
 
 /// What a command left behind: exit code (-1 if killed by a signal), stdout, stderr.
-type Outcome = (i32, String, String);
+pub(crate) type Outcome = (i32, String, String);
 
 /// How long any one command may take before it is killed and the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -65,7 +65,7 @@ fn run_via(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Outcome {
 }
 
 /// [`run`] off the runtime, so an in-process mirror keeps serving meanwhile.
-async fn run_async(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+pub(crate) async fn run_async(args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
@@ -100,7 +100,7 @@ fn assert_says_it_once(stderr: &str) {
 }
 
 /// A failure: the expected exit code and one line with every fragment, said once.
-fn assert_fails(outcome: &Outcome, code: i32, must_contain: &[&str]) {
+pub(crate) fn assert_fails(outcome: &Outcome, code: i32, must_contain: &[&str]) {
     let (got, stdout, stderr) = outcome;
     assert_eq!(*got, code, "exit code; stdout: {stdout:?} stderr: {stderr:?}");
     assert_eq!(stdout, "", "nothing on stdout when failing");
@@ -110,7 +110,7 @@ fn assert_fails(outcome: &Outcome, code: i32, must_contain: &[&str]) {
 
 /// A configuration or usage error exits 2, anything that fails later exits 1.
 const USAGE: i32 = 2;
-const FAILURE: i32 = 1;
+pub(crate) const FAILURE: i32 = 1;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -126,7 +126,7 @@ fn random_tree(root: &Path) -> u64 {
 }
 
 /// Parses stdout as exactly one JSON object and returns it.
-fn one_json_object(stdout: &str) -> serde_json::Value {
+pub(crate) fn one_json_object(stdout: &str) -> serde_json::Value {
     assert_eq!(stdout.lines().count(), 1, "expected one line of JSON, got:\n{stdout}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert!(v.is_object(), "not an object: {v}");

@@ -370,6 +370,9 @@ impl pb::cache_sync_server::CacheSync for Omitting {
     async fn commit(&self, r: Request<tonic::Streaming<pb::CommitFrame>>) -> Resp<pb::CommitResponse> {
         self.0.commit(r).await
     }
+    async fn agent_status(&self, r: Request<pb::AgentStatusRequest>) -> Resp<pb::AgentStatusResponse> {
+        self.0.agent_status(r).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The integration tests: real gRPC servers on 127.0.0.1, real files in temp dirs.
 
 mod agent;
+mod agent_observe;
 mod ci;
 mod cli;
 mod deltas;
