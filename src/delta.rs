@@ -22,8 +22,13 @@ use crate::hash::{Hash, Hasher, HashingWriter};
 
 /// Largest serialized signature we produce or accept (it travels in one message).
 pub const MAX_SIGNATURE_BYTES: usize = 1 << 20;
-/// Bytes of MD4 kept per block in signatures.
+/// Most bytes of MD4 kept per block in signatures (see [`crypto_hash_size_for`]).
 pub const CRYPTO_HASH_SIZE: u32 = 8;
+/// Fewest bytes of MD4 kept per block.
+const MIN_CRYPTO_HASH_SIZE: u32 = 3;
+/// Bits of margin against a false block match in a whole file: about one
+/// delta in a million needs its whole file sent again (rsync uses 10).
+const BLOCKSUM_BIAS: u32 = 20;
 
 /// Signature header: magic, block size, crypto hash size (big-endian u32s).
 const HEADER_BYTES: usize = 12;
@@ -100,6 +105,16 @@ pub fn block_size_for(len: u64) -> u32 {
     u32::try_from(size.next_multiple_of(BLOCK_ALIGN)).unwrap_or(u32::MAX)
 }
 
+/// Bytes of MD4 kept per block for a base of `len` bytes in blocks of
+/// `block_size`: rsync's rule (enough bits that a false match of a block
+/// anywhere in the file stays unlikely, beyond the 32 of the rolling
+/// checksum) with a wider margin, between 3 and [`CRYPTO_HASH_SIZE`]. A
+/// false match is caught by the blake3 check all the same.
+pub fn crypto_hash_size_for(len: u64, block_size: u32) -> u32 {
+    let bits = BLOCKSUM_BIAS + 2 * len.max(1).ilog2() - block_size.max(1).ilog2();
+    (bits + 1).saturating_sub(32).div_ceil(8).clamp(MIN_CRYPTO_HASH_SIZE, CRYPTO_HASH_SIZE)
+}
+
 /// Serialized signature of `base`, with the block size of [`block_size_for`].
 pub fn signature(base: &[u8]) -> Vec<u8> {
     signature_of(base, base.len() as u64, SIGNATURE_CHUNK).expect("reading a slice cannot fail")
@@ -120,7 +135,7 @@ pub fn signature_file(path: &Path) -> Result<Vec<u8>, DeltaError> {
 /// to whole blocks) at a time: the blocks' entries do not depend on chunking.
 fn signature_of(mut input: impl Read, len: u64, chunk: usize) -> io::Result<Vec<u8>> {
     let block_size = block_size_for(len);
-    let options = SignatureOptions { block_size, crypto_hash_size: CRYPTO_HASH_SIZE };
+    let options = SignatureOptions { block_size, crypto_hash_size: crypto_hash_size_for(len, block_size) };
     let per = (chunk / block_size as usize).max(1) * block_size as usize;
     let mut out = Signature::calculate(&[], options).into_serialized();
     let mut buf = vec![0u8; (per as u64).min(len) as usize];

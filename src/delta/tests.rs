@@ -29,7 +29,8 @@ fn rebuild(base: &[u8], delta: &[u8], new: &[u8]) -> (Result<(), DeltaError>, Ve
 
 /// Serialized signature length for a base of `len` bytes, by the format.
 fn signature_len(len: u64) -> u64 {
-    12 + (4 + u64::from(CRYPTO_HASH_SIZE)) * len.div_ceil(block_size_for(len).into())
+    let block = block_size_for(len);
+    12 + (4 + u64::from(crypto_hash_size_for(len, block))) * len.div_ceil(block.into())
 }
 
 #[test]
@@ -224,4 +225,11 @@ fn diff_file_checks_the_content_it_diffs() {
     assert!(matches!(stale, Err(DeltaError::Changed { .. })), "{stale:?}");
     let resized = diff_file(&sig, &new_path, Hash::of(&new), 5, io::sink());
     assert!(matches!(resized, Err(DeltaError::Changed { .. })));
+}
+
+#[test]
+fn strong_hashes_grow_with_the_file_and_stay_bounded() {
+    let size = |len: u64| crypto_hash_size_for(len, block_size_for(len));
+    assert_eq!([size(0), size(1 << 20), size(256 << 20), size(1 << 30), size(1 << 40)], [3, 3, 4, 5, 6]);
+    assert_eq!(crypto_hash_size_for(u64::MAX, 1), CRYPTO_HASH_SIZE);
 }
