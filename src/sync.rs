@@ -53,7 +53,7 @@ pub struct SyncOptions {
 /// as rsync's `--fuzzy` does: it saves bytes, and costs a round trip and the
 /// CPU of a signature and a diff per file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Fuzzy {
     /// Except with a mirror on a loopback address, where bytes cost nothing
     /// (rsync, too, copies whole files locally).
@@ -63,6 +63,19 @@ pub enum Fuzzy {
     Always,
     /// Never.
     Never,
+}
+
+impl TryFrom<String> for Fuzzy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Fuzzy, String> {
+        match text.as_str() {
+            "remote" => Ok(Fuzzy::Remote),
+            "always" => Ok(Fuzzy::Always),
+            "never" => Ok(Fuzzy::Never),
+            _ => Err(format!("{text:?}: expected remote, always or never")),
+        }
+    }
 }
 
 impl SyncOptions {

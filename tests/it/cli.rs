@@ -204,6 +204,8 @@ fn bad_configuration_values_name_the_setting() {
     assert_fails(&out, USAGE, &["compression_level"]);
     let out = run(&["scan", "/nonexistent-cachesync-root"], &[("CACHESYNC_TRANSFER__DELTA_MIN_SIZE", "lots")]);
     assert_fails(&out, USAGE, &["delta_min_size"]);
+    let out = run(&["scan", "/nonexistent-cachesync-root"], &[("CACHESYNC_TRANSFER__FUZZY", "sometimes")]);
+    assert_fails(&out, USAGE, &["transfer.fuzzy", "\"sometimes\": expected remote, always or never"]);
     let out = run(&["scan", "/nonexistent-cachesync-root"], &[("CACHESYNC_BOGUS", "1")]);
     assert_fails(&out, USAGE, &["bogus"]);
     let out = run(&["status", "--mirror", "ftp://x"], &[]);
