@@ -165,7 +165,8 @@ impl<'a> Kin<'a> {
     }
 
     fn add(&mut self, e: &'a Entry, opts: PlanOptions) {
-        if e.size >= opts.delta_min_size
+        if opts.kin
+            && e.size >= opts.delta_min_size
             && e.file_hash().is_some()
             && let Some(family) = opts.profile.family(&e.path)
         {
