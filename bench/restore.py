@@ -215,17 +215,25 @@ def measure(args, tree: Path, work: Path):
     sh("sh", "-c", f"tar --posix -cf - -C '{tree}' . | zstd -q -T0 --long=30 -o '{archive}'")
     env = {**os.environ, "NO_COLOR": "1", "XDG_STATE_HOME": str(work / "state-push")}
     mirror = Mirror(work / "store", work / "mirror.log")
-    rows = {"tar": [], "tar_sync": [], "trees": [], "download": []}
-    mirror_cpu = {"trees": [], "download": []}
+    rows = {"tar": [], "tar_sync": [], "trees": [], "unpack": [], "download": []}
+    mirror_cpu = {"trees": [], "unpack": [], "download": []}
     # The whole tree (go-mod-trees, as tar has it) and the download cache only (go-mod, the default).
     keys = {"trees": ("gomod/trees", "go-mod-trees"), "download": ("gomod/download", "go-mod")}
+    # The whole tree again, its tree files unpacked from the zips on the client, as a pull from a
+    # remote mirror does by default (transfer.unpack = "remote": not from a loopback one).
+    unpack_config = work / "unpack.toml"
+    unpack_config.write_text('[transfer]\nunpack = "always"\n')
+    keys["unpack"] = ("gomod/trees", "go-mod-trees")
+    extra = {"trees": [], "download": [], "unpack": ["--config", str(unpack_config)]}
     try:
-        for key, profile in keys.values():
+        for key, profile in {keys["trees"], keys["download"]}:
             sh(str(BIN), "push", "--mirror", mirror.url, "--key", key, "--profile", profile, "--json", str(tree),
                env=env, stdout=subprocess.DEVNULL)
         for run in range(args.runs):
-            dirs = {"tar": work / f"tar-{run}", "trees": work / f"pull-{run}", "download": work / f"dl-{run}"}
-            order = ["tar", "trees", "download"] if run % 2 == 0 else ["download", "trees", "tar"]  # alternate
+            dirs = {"tar": work / f"tar-{run}", "trees": work / f"pull-{run}", "unpack": work / f"unpack-{run}",
+                    "download": work / f"dl-{run}"}
+            order = ["tar", "trees", "unpack", "download"]
+            order = order if run % 2 == 0 else order[::-1]  # alternate
             for which in order:
                 sh("sync")  # none pays for writing back another's pages
                 dirs[which].mkdir()
@@ -238,19 +246,21 @@ def measure(args, tree: Path, work: Path):
                 else:
                     env["XDG_STATE_HOME"] = str(work / f"state-{which}-{run}")
                     before = cpu_s(mirror.proc.pid)
-                    out, wall, rss, cpu = timed([str(BIN), "pull", "--mirror", mirror.url, "--key", keys[which][0],
-                                                 "--json", str(dirs[which])], env)
+                    out, wall, rss, cpu = timed([str(BIN), "pull", *extra[which], "--mirror", mirror.url, "--key",
+                                                 keys[which][0], "--json", str(dirs[which])], env)
                     mirror_cpu[which].append(cpu_s(mirror.proc.pid) - before)
                     rows[which].append((wall, cpu, rss, json.loads(out.strip().splitlines()[-1])["bytes_received"]))
-            for name, want in (("tar", src), ("trees", src), ("download", download)):
+            for name, want in (("tar", src), ("trees", src), ("unpack", src), ("download", download)):
                 got = meta(dirs[name])
                 bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
                 if bad:
                     sys.exit(f"{name} restore differs from the source in {len(bad)} entries, e.g. "
                              + "; ".join(f"{k}: {want.get(k)} vs {got.get(k)}" for k in bad[:3]))
             sh("diff", "-r", "-q", str(dirs["tar"]), str(dirs["trees"]))
+            sh("diff", "-r", "-q", str(dirs["tar"]), str(dirs["unpack"]))
             print(f"run {run + 1}/{args.runs}: tar {rows['tar'][-1][0]:.2f} s, cachesync {rows['trees'][-1][0]:.2f} s, "
-                  f"download cache only {rows['download'][-1][0]:.2f} s", file=sys.stderr)
+                  f"unpacking {rows['unpack'][-1][0]:.2f} s, download cache only {rows['download'][-1][0]:.2f} s",
+                  file=sys.stderr)
     finally:
         mirror.stop()
 
@@ -264,6 +274,8 @@ def measure(args, tree: Path, work: Path):
     for label, key in (("tar + unzstd, local archive, no sync", "tar"),
                        ("tar + unzstd, then `sync -f` (durable)", "tar_sync"),
                        ("cachesync pull, whole tree (`go-mod-trees`), mirror on loopback", "trees"),
+                       ("cachesync pull, whole tree, trees unpacked from the zips (`transfer.unpack = always`)",
+                        "unpack"),
                        ("cachesync pull, download cache only (`go-mod`), mirror on loopback", "download")):
         r = rows[key]
         mcpu = f"{median(mirror_cpu[key]):.2f}" if key in mirror_cpu else "–"

@@ -35,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
         progress: true,
         connect_timeout: Duration::from_secs(5),
         streams: 4,
-        fuzzy: sync::Fuzzy::Remote,
+        fuzzy: sync::When::Remote,
+        unpack: sync::When::Remote,
     };
     let mut client = Client::connect(&url, opts.connect_timeout).await?;
     let pushed = sync::push(

@@ -154,6 +154,7 @@ impl Agent {
             connect_timeout: settings.connect_timeout(),
             streams: t.streams,
             fuzzy: t.fuzzy,
+            unpack: t.unpack,
         };
         let shared = Arc::new(Shared {
             settle: config.settle,

@@ -47,6 +47,7 @@ fn sync_options(settings: &Settings, json: bool) -> SyncOptions {
         connect_timeout: settings.connect_timeout(),
         streams: settings.transfer.streams,
         fuzzy: settings.transfer.fuzzy,
+        unpack: settings.transfer.unpack,
     }
 }
 
@@ -151,8 +152,12 @@ fn print_report(r: &Report, json: bool, verb: &str, dir: &std::path::Path) {
         return;
     }
     let what = if r.unchanged { " (unchanged)" } else { "" };
+    let unpacked = match r.blobs_unpacked {
+        0 => String::new(),
+        n => format!(", {n} unpacked from zips"),
+    };
     println!(
-        "{verb} {} as {}#{}{what}: {} files, {}; {} sent, {} received in {:.1}s ({} whole, {} as deltas)",
+        "{verb} {} as {}#{}{what}: {} files, {}; {} sent, {} received in {:.1}s ({} whole, {} as deltas{unpacked})",
         dir.display(),
         r.key,
         r.generation,

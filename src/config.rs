@@ -115,7 +115,10 @@ pub struct TransferSettings {
     /// Concurrent blob streams per push or pull, 1 to 16.
     pub streams: usize,
     /// New files as deltas against other versions of them: remote, always, never.
-    pub fuzzy: crate::sync::Fuzzy,
+    pub fuzzy: crate::sync::When,
+    /// Pulls of `go-mod-trees` unpack tree files from their zips rather than
+    /// fetch them: remote, always, never.
+    pub unpack: crate::sync::When,
 }
 
 /// The mirror's replication from another mirror (connecting with the
@@ -219,7 +222,8 @@ impl Default for TransferSettings {
             compression_level: 3,
             fsync: false,
             streams: 4,
-            fuzzy: crate::sync::Fuzzy::Remote,
+            fuzzy: crate::sync::When::Remote,
+            unpack: crate::sync::When::Remote,
         }
     }
 }

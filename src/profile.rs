@@ -92,6 +92,17 @@ impl Profile {
         }
     }
 
+    /// Where `path`'s content can be unpacked from instead of sent: the
+    /// archive (a root-relative path) and the member name in it. Only the
+    /// trees of `go-mod-trees`, each extracted from its module's zip (see
+    /// [`go::rules::go_mod_tree_source`]).
+    pub fn unpacked_from(&self, path: &str) -> Option<(String, String)> {
+        match self {
+            Profile::GoModTrees => go::rules::go_mod_tree_source(path),
+            Profile::Generic | Profile::GoMod | Profile::GoBuild => None,
+        }
+    }
+
     /// True when `path` is an immutable, content-addressed entry: deduplicated,
     /// never changed in place (so never delta-encoded against its own old
     /// version; a new one may travel as a delta against its [`family`](Self::family)).

@@ -10,6 +10,7 @@ pub mod plan;
 mod pull;
 mod push;
 pub mod tree;
+mod unpack;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,18 +46,23 @@ pub struct SyncOptions {
     /// Concurrent blob streams per transfer.
     pub streams: usize,
     /// When a new file may travel as a delta against another version of it.
-    pub fuzzy: Fuzzy,
+    pub fuzzy: When,
+    /// Pull: when files are unpacked from an archive of the snapshot rather
+    /// than fetched (see [`Profile::unpacked_from`](crate::profile::Profile::unpacked_from)).
+    pub unpack: When,
 }
 
-/// When a new file may travel as a delta against another version of itself
-/// (its family, see [`Profile::family`](crate::profile::Profile::family)),
-/// as rsync's `--fuzzy` does: it saves bytes, and costs a round trip and the
-/// CPU of a signature and a diff per file.
+/// When a way of saving bytes that costs CPU is used: fuzzy deltas (a new
+/// file as a delta against another version of itself, its family, see
+/// [`Profile::family`](crate::profile::Profile::family), as rsync's
+/// `--fuzzy`: a round trip, a signature and a diff per file), or unpacking
+/// tree files from their zips on the receiver (inflating them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Fuzzy {
+pub enum When {
     /// Except with a mirror on a loopback address, where bytes cost nothing
-    /// (rsync, too, copies whole files locally).
+    /// and CPU is shared with the mirror (rsync, too, copies whole files
+    /// locally).
     #[default]
     Remote,
     /// Always.
@@ -65,14 +71,25 @@ pub enum Fuzzy {
     Never,
 }
 
-impl TryFrom<String> for Fuzzy {
+impl When {
+    /// Whether it applies to transfers with the mirror `client` talks to.
+    pub fn applies(self, client: &Client) -> bool {
+        match self {
+            When::Remote => !client.is_loopback(),
+            When::Always => true,
+            When::Never => false,
+        }
+    }
+}
+
+impl TryFrom<String> for When {
     type Error = String;
 
-    fn try_from(text: String) -> Result<Fuzzy, String> {
+    fn try_from(text: String) -> Result<When, String> {
         match text.as_str() {
-            "remote" => Ok(Fuzzy::Remote),
-            "always" => Ok(Fuzzy::Always),
-            "never" => Ok(Fuzzy::Never),
+            "remote" => Ok(When::Remote),
+            "always" => Ok(When::Always),
+            "never" => Ok(When::Never),
             _ => Err(format!("{text:?}: expected remote, always or never")),
         }
     }
@@ -81,11 +98,7 @@ impl TryFrom<String> for Fuzzy {
 impl SyncOptions {
     /// How to plan a transfer of a `profile` root with `client`.
     fn plan_options(&self, profile: crate::profile::Profile, client: &Client) -> plan::PlanOptions {
-        let kin = match self.fuzzy {
-            Fuzzy::Remote => !client.is_loopback(),
-            Fuzzy::Always => true,
-            Fuzzy::Never => false,
-        };
+        let kin = self.fuzzy.applies(client);
         plan::PlanOptions { delta_min_size: self.delta_min_size, profile, kin }
     }
 }
@@ -177,6 +190,9 @@ pub struct Report {
     pub blobs_whole: u64,
     /// Blobs moved as deltas.
     pub blobs_delta: u64,
+    /// Pull: blobs unpacked from an archive of the snapshot instead of
+    /// moved (the trees of `go-mod-trees`, from their zips).
+    pub blobs_unpacked: u64,
     /// Files hashed (not served by the hash cache).
     pub files_hashed: u64,
     /// Nothing needed to change.

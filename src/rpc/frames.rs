@@ -385,6 +385,13 @@ impl FrameReceiver {
         Ok(())
     }
 
+    /// Drops the blob being received, if any (its staging file with it), so
+    /// that the next frame may start another: for callers that feed frames
+    /// of their own and go on after a failed blob.
+    pub(crate) fn abandon(&mut self) {
+        self.current = None;
+    }
+
     /// Checks that the stream did not end inside a blob.
     ///
     /// # Errors

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use super::durability::{self, Pending};
 use super::plan::{PullPlan, plan_pull};
 use super::tree::Tree;
+use super::unpack;
 use super::{Base, Report, SyncError, SyncOptions, cache_path, save_base, save_cache, split_balanced};
 use crate::delta;
 use crate::hash::Hash;
@@ -71,7 +72,7 @@ impl PullRequest {
 }
 
 /// Files placed so far, for the hash cache.
-type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
+pub(super) type Placed = Arc<Mutex<Vec<(String, FileKey, Hash)>>>;
 
 /// Restores the newest snapshot of `req.key` (or of a restore prefix) into `req.root`.
 ///
@@ -133,7 +134,7 @@ async fn pull_inner(
     }
     let (local, cache, unknown) = scan_destination(req, cache_file.clone(), profile, manifest.clone()).await?;
     let popts = opts.plan_options(profile, client);
-    let plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
+    let mut plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
     let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
     let sync = opts.fsync || (writes && !durability::mark(&opts.state_dir, &req.root));
     let tree = open_tree(req, opts).await?;
@@ -163,10 +164,19 @@ async fn pull_inner(
     let level = client.wire_level(opts.compression_level);
     // Whole blobs first: some are the bases of deltas (another version of a file).
     let whole: Vec<_> = plan.whole.iter().cloned().chain(refetch).collect();
+    // Tree files come out of the zips this pull brings (or has), not over the wire.
+    let (whole, archives) = match opts.unpack.applies(client) {
+        true => unpack::split(profile, &job.manifest, whole, &mut plan.deltas),
+        false => (whole, Vec::new()),
+    };
     report.blobs_whole = whole.len() as u64;
     job.fetch_whole(client, whole, opts.streams, level).await?;
-    let (deltas, failed) = job.fetch_deltas(client, &plan).await;
+    let (deltas, mut failed) = job.fetch_deltas(client, &plan).await;
     report.blobs_delta = deltas;
+    // Last: a zip may have come as a delta (a new version against another).
+    let (unpacked, failed_unpacks) = job.unpack(archives).await;
+    report.blobs_unpacked = unpacked;
+    failed.extend(failed_unpacks);
     report.blobs_whole += failed.len() as u64;
     job.fetch_whole(client, failed, opts.streams, level).await?;
     job.progress.finish();
@@ -306,6 +316,19 @@ impl Job {
         (landed, whole)
     }
 
+    /// Unpacks blobs from archives already in the destination, on every
+    /// core; returns how many landed and those to fetch instead.
+    async fn unpack(&self, archives: Vec<unpack::Archive>) -> (u64, Vec<(Hash, Vec<usize>)>) {
+        if archives.is_empty() {
+            return (0, Vec::new());
+        }
+        let (t, m, p, prog) = (self.tree.clone(), self.manifest.clone(), self.placed.clone(), self.progress.clone());
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::task::spawn_blocking(move || unpack::unpack(&t, &m, &p, &prog, archives, threads))
+            .await
+            .expect("unpack task panicked")
+    }
+
     /// Fetches whole blobs over `streams` concurrent streams, placing each as it lands.
     async fn fetch_whole(
         &self,
@@ -377,7 +400,7 @@ fn record(entry: &Entry, meta: &std::fs::Metadata, placed: &Placed) {
 
 /// Places one received blob at every entry that holds it: the first gets
 /// the received file, the others verified copies of it.
-fn place_all(tree: &Tree, incoming: Incoming, entries: &[Entry], placed: &Placed) -> Result<(), FrameError> {
+pub(super) fn place_all(tree: &Tree, incoming: Incoming, entries: &[Entry], placed: &Placed) -> Result<(), FrameError> {
     let err = |e: super::tree::TreeError| FrameError::Handler(e.to_string());
     let first = &entries[0];
     match &incoming.unnamed {

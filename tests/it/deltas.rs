@@ -92,7 +92,7 @@ async fn a_new_module_version_travels_as_a_delta_against_the_previous_one() {
     assert_same_tree(&src, &fresh);
 
     // By default nothing is delta-encoded against its kin over loopback.
-    let opts = sync::SyncOptions { fuzzy: sync::Fuzzy::Remote, ..options(&t.path().join("s4")) };
+    let opts = sync::SyncOptions { fuzzy: sync::When::Remote, ..options(&t.path().join("s4")) };
     let pull = PullRequest::new(t.path().join("local"), "gomod");
     let pulled = sync::pull(&mut connect(&mirror.url).await, &pull, &opts).await.unwrap();
     assert_eq!((pulled.blobs_delta, pulled.blobs_whole), (0, 2), "{pulled:?}");

@@ -57,10 +57,17 @@ pub fn make_proxy(proxy: &Path) {
             ("go.mod", "module example.com/util\n\ngo 1.16\n\nrequire example.com/extra v1.0.0\n"),
             ("util.go", "package util\n\n// Twice repeats s.\nfunc Twice(s string) string { return s + s }\n"),
             ("sub/sub.go", "package sub\n\nconst X = 1\n"),
+            ("doc.go", long_doc().as_str()),
         ],
     );
     add_module(proxy, "example.com/extra", "v1.0.0", &[("extra.go", "package extra\n")]);
     add_module(proxy, "example.com/other", "v1.0.0", &[("other.go", "package other\n")]);
+}
+
+/// A package comment of 200 KB: it compresses well in its zip (deflated).
+fn long_doc() -> String {
+    let lines: String = (0..4000).map(|i| format!("// Line {i} of a long comment that compresses well.\n")).collect();
+    format!("{lines}package util\n")
 }
 
 /// A consumer module importing Greet and util.
@@ -304,5 +311,69 @@ async fn go_mod_trees_restores_over_read_only_trees_and_skips_half_extracted_one
     .unwrap();
     assert!(c.join("example.com/!greet@v1.0.0/greet.go").exists());
     assert!(!c.join("example.com/util@v0.2.0").exists(), "a half-extracted tree never travels");
+    unlock(t.path());
+}
+
+/// A `go-mod-trees` pull unpacks the tree files it lacks from the zips it
+/// brings, on the receiver: the same tree as a pull that fetches them, far
+/// fewer bytes. A tree file that does not match its zip member (changed
+/// after Go extracted it) and one the zip lacks are fetched instead, and the
+/// real `go` builds and verifies offline from the unpacked cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_mod_trees_pull_unpacks_tree_files_from_the_zips() {
+    let t = tempfile::tempdir().unwrap();
+    let proxy = t.path().join("proxy");
+    make_proxy(&proxy);
+    let (a, app) = fill_node_a(t.path(), &proxy);
+    let greet = a.modcache.join("example.com/!greet@v1.0.0");
+    assert!(greet.join("greet.go").exists(), "go build extracted the tree");
+    crate::helpers::set_mode(&greet, 0o755);
+    crate::helpers::set_mode(&greet.join("LICENSE"), 0o644);
+    std::fs::write(greet.join("LICENSE"), "Changed after extraction.\n").unwrap();
+    std::fs::write(greet.join("NOT_IN_ZIP"), "only in the tree\n").unwrap();
+    crate::helpers::set_mode(&greet, 0o555);
+
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let push = PushRequest { root: a.modcache.clone(), key: "gomod/trees".into(), profile: Profile::GoModTrees };
+    sync::push(&mut connect(&mirror.url).await, &push, &options(&t.path().join("a/state"))).await.unwrap();
+
+    let pull = |dir: &str, unpack: sync::When| {
+        let (root, state) = (t.path().join(dir).join("mod"), t.path().join(dir).join("state"));
+        let url = mirror.url.clone();
+        async move {
+            let opts = sync::SyncOptions { unpack, ..options(&state) };
+            let req = PullRequest::new(&root, "gomod/trees");
+            (sync::pull(&mut connect(&url).await, &req, &opts).await.unwrap(), root)
+        }
+    };
+    let (fetched, fetched_root) = pull("fetched", sync::When::Never).await;
+    let (unpacked, unpacked_root) = pull("unpacked", sync::When::Always).await;
+    assert_eq!(fetched.blobs_unpacked, 0);
+    // greet.go, util.go, doc.go, sub/sub.go, other.go and the trees' two
+    // go.mod files (the same blobs as the .mod files: unpacked for those
+    // too). Not the changed LICENSE nor NOT_IN_ZIP: fetched after their
+    // unpacking failed.
+    assert_eq!(unpacked.blobs_unpacked, 7, "{unpacked:?}");
+    assert!(
+        unpacked.bytes_received * 2 < fetched.bytes_received,
+        "unpacked {} bytes vs fetched {}",
+        unpacked.bytes_received,
+        fetched.bytes_received
+    );
+    // Locks never travel.
+    let synced = |root: &Path| -> Vec<String> {
+        crate::helpers::describe(root).into_iter().filter(|l| !l.split(':').next().unwrap().ends_with("lock")).collect()
+    };
+    assert_eq!(synced(&a.modcache), synced(&fetched_root));
+    assert_eq!(synced(&a.modcache), synced(&unpacked_root));
+    let license = std::fs::read_to_string(unpacked_root.join("example.com/!greet@v1.0.0/LICENSE")).unwrap();
+    assert_eq!(license, "Changed after extraction.\n", "the tree's own version, not the zip's");
+
+    // The unpacked cache is one Go builds and verifies from, offline.
+    let c = Node { home: t.path().join("unpacked"), modcache: unpacked_root.clone(), proxy: "off".into() };
+    let app_c = t.path().join("unpacked/app");
+    make_app(&app_c);
+    std::fs::copy(app.join("go.sum"), app_c.join("go.sum")).unwrap();
+    c.go(&app_c, &["build", "-o", "app-bin", "."]);
     unlock(t.path());
 }

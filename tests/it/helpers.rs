@@ -78,7 +78,8 @@ pub fn options(state: &Path) -> SyncOptions {
         progress: false,
         connect_timeout: Duration::from_secs(5),
         streams: 4,
-        fuzzy: cachesync::sync::Fuzzy::Always, // every peer is on 127.0.0.1 here
+        fuzzy: cachesync::sync::When::Always, // every peer is on 127.0.0.1 here
+        unpack: cachesync::sync::When::Always,
     }
 }
 

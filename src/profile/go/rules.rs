@@ -67,6 +67,24 @@ pub fn go_mod_family(path: &str) -> Option<String> {
     Some(format!("{module}@*/{rest}"))
 }
 
+/// Where a file of an extracted module tree comes from: the module's zip in
+/// the download cache and the member it was extracted from, as Go extracts
+/// it (`x.io/!m@v1.0.0/a/b.go` comes from member `x.io/M@v1.0.0/a/b.go` of
+/// `cache/download/x.io/!m/@v/v1.0.0.zip`). `None` outside the trees.
+pub fn go_mod_tree_source(path: &str) -> Option<(String, String)> {
+    if path.starts_with("cache/") {
+        return None;
+    }
+    let (module, version_and_rest) = path.split_once('@')?;
+    let (version, rest) = version_and_rest.split_once('/')?;
+    let member_module = super::unescape_path(module).ok()?;
+    let member_version = super::unescape_version(version).ok()?;
+    Some((
+        format!("{}/{module}/@v/{version}.zip", super::DOWNLOAD_DIR),
+        format!("{member_module}@{member_version}/{rest}"),
+    ))
+}
+
 /// For an extracted module tree (`example.com/!x@v1.0.0`, escaped as on
 /// disk), Go's marker that it is still being extracted
 /// (`cache/download/example.com/!x/@v/v1.0.0.partial`); `None` for other paths.
@@ -109,6 +127,20 @@ mod tests {
         assert_eq!(fam("x.io/!m@v1.0.0/a/b.go").as_deref(), Some("x.io/!m@*/a/b.go"));
         assert_eq!(fam("x.io/!m@v1.0.0"), None);
         assert_eq!(fam("README"), None);
+    }
+
+    #[test]
+    fn tree_files_come_from_their_modules_zip() {
+        assert_eq!(
+            go_mod_tree_source("github.com/!burnt!sushi/toml@v1.3.2/internal/tz.go"),
+            Some((
+                "cache/download/github.com/!burnt!sushi/toml/@v/v1.3.2.zip".to_string(),
+                "github.com/BurntSushi/toml@v1.3.2/internal/tz.go".to_string()
+            ))
+        );
+        for none in ["cache/download/x.io/m/@v/v1.0.0.zip", "x.io/m@v1.0.0", "README", "x.io/M@v1.0.0/a.go"] {
+            assert_eq!(go_mod_tree_source(none), None, "{none}");
+        }
     }
 
     #[test]

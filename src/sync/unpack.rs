@@ -1,0 +1,188 @@
+//! Files unpacked on the receiving side from an archive that the same
+//! snapshot holds, instead of sent: the extracted trees of `go-mod-trees`
+//! are the members of their modules' zips (see
+//! [`Profile::unpacked_from`]). A pull fetches the zips, then unpacks the
+//! tree files it lacks from them, on every core.
+//!
+//! Nothing is trusted: every unpacked file goes through the same
+//! [`FrameReceiver`] as fetched content and is placed only if it hashes to
+//! what the manifest says. A member that is missing, larger than the entry,
+//! or different (a zip that does not match its tree) is fetched whole
+//! afterwards, as is everything of an archive that cannot be read.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::debug;
+
+use super::pull::{Placed, place_all};
+use super::tree::Tree;
+use crate::hash::Hash;
+use crate::manifest::{Content, Manifest};
+use crate::profile::Profile;
+use crate::progress::Progress;
+use crate::rpc::frames::{FrameError, FrameReceiver};
+use crate::rpc::{MAX_CHUNK, pb};
+
+/// The blobs to unpack from one archive.
+pub(super) struct Archive {
+    /// Its root-relative path.
+    path: String,
+    /// Member name, blob, the entries it fills.
+    members: Vec<(String, Hash, Vec<usize>)>,
+}
+
+/// Splits the blobs a pull needs into those still to fetch and those to
+/// unpack from an archive the snapshot holds (fetched first, with the rest);
+/// planned deltas that can be unpacked leave `deltas`.
+pub(super) fn split(
+    profile: Profile,
+    manifest: &Manifest,
+    whole: Vec<(Hash, Vec<usize>)>,
+    deltas: &mut Vec<(Hash, Vec<usize>, String)>,
+) -> (Vec<(Hash, Vec<usize>)>, Vec<Archive>) {
+    // Any of the blob's paths will do. The archive must be a file of the
+    // snapshot: fetched by this pull, or here already.
+    let source = |targets: &[usize]| {
+        targets.iter().find_map(|i| {
+            let (archive, member) = profile.unpacked_from(&manifest.entries()[*i].path)?;
+            manifest.get(&archive).is_some_and(|a| matches!(a.content, Content::File(_))).then_some((archive, member))
+        })
+    };
+    let mut fetch = Vec::with_capacity(whole.len());
+    let mut archives: HashMap<String, Vec<(String, Hash, Vec<usize>)>> = HashMap::new();
+    let mut add = |(archive, member): (String, String), hash, targets| {
+        archives.entry(archive).or_default().push((member, hash, targets));
+    };
+    for (hash, targets) in whole {
+        match source(&targets) {
+            Some(from) => add(from, hash, targets),
+            None => fetch.push((hash, targets)),
+        }
+    }
+    for (hash, targets, base) in std::mem::take(deltas) {
+        match source(&targets) {
+            Some(from) => add(from, hash, targets),
+            None => deltas.push((hash, targets, base)),
+        }
+    }
+    let archives = archives.into_iter().map(|(path, members)| Archive { path, members }).collect();
+    (fetch, archives)
+}
+
+/// Unpacks `archives` into `tree` on up to `threads` threads; returns how
+/// many blobs landed and those to fetch whole instead.
+pub(super) fn unpack(
+    tree: &Arc<Tree>,
+    manifest: &Manifest,
+    placed: &Placed,
+    progress: &Progress,
+    archives: Vec<Archive>,
+    threads: usize,
+) -> (u64, Vec<(Hash, Vec<usize>)>) {
+    let next = AtomicUsize::new(0);
+    let landed = AtomicUsize::new(0);
+    let refetch = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, archives.len().max(1)) {
+            s.spawn(|| {
+                let mut unpacker = Unpacker::new(tree, manifest, placed);
+                while let Some(archive) = archives.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let (n, failed) = unpacker.archive(archive, progress);
+                    landed.fetch_add(n, Ordering::Relaxed);
+                    refetch.lock().expect("refetch lock").extend(failed);
+                }
+            });
+        }
+    });
+    (landed.into_inner() as u64, refetch.into_inner().expect("refetch lock"))
+}
+
+/// One thread's receiver: members go through it as frames, one at a time.
+struct Unpacker<'a> {
+    tree: &'a Arc<Tree>,
+    manifest: &'a Manifest,
+    placed: &'a Placed,
+    /// The paths the member being received goes to (read by the factory).
+    paths: Arc<Mutex<Vec<String>>>,
+    receiver: FrameReceiver,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(tree: &'a Arc<Tree>, manifest: &'a Manifest, placed: &'a Placed) -> Self {
+        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (t, p) = (tree.clone(), paths.clone());
+        let receiver = FrameReceiver::new(
+            Box::new(move |_: &Hash| {
+                let paths = p.lock().expect("paths lock");
+                t.new_file(&paths[0], paths[1..].iter().map(String::as_str))
+            }),
+            u64::MAX,
+        );
+        Unpacker { tree, manifest, placed, paths, receiver }
+    }
+
+    /// Unpacks one archive's members; returns how many landed and the rest.
+    fn archive(&mut self, archive: &Archive, progress: &Progress) -> (usize, Vec<(Hash, Vec<usize>)>) {
+        let all = || (0, archive.members.iter().map(|(_, h, t)| (*h, t.clone())).collect());
+        let path = self.tree.path(&archive.path);
+        let mut zip =
+            match std::fs::File::open(&path).map_err(zip::result::ZipError::from).and_then(zip::ZipArchive::new) {
+                Ok(zip) => zip,
+                Err(e) => {
+                    debug!(archive = %archive.path, error = %e, "cannot unpack; fetching its files");
+                    return all();
+                }
+            };
+        let (mut landed, mut failed) = (0, Vec::new());
+        for (member, hash, targets) in &archive.members {
+            let size = self.manifest.entries()[targets[0]].size;
+            match self.member(&mut zip, member, *hash, size, targets) {
+                Ok(()) => {
+                    landed += 1;
+                    progress.inc(size);
+                }
+                Err(e) => {
+                    debug!(archive = %archive.path, member, error = %e, "cannot unpack; fetching it");
+                    self.receiver.abandon();
+                    failed.push((*hash, targets.clone()));
+                }
+            }
+        }
+        (landed, failed)
+    }
+
+    /// Feeds one member through the receiver as the frames of blob `hash`.
+    fn member(
+        &mut self,
+        zip: &mut zip::ZipArchive<std::fs::File>,
+        name: &str,
+        hash: Hash,
+        size: u64,
+        targets: &[usize],
+    ) -> Result<(), FrameError> {
+        let entries: Vec<_> = targets.iter().map(|i| self.manifest.entries()[*i].clone()).collect();
+        *self.paths.lock().expect("paths lock") = entries.iter().map(|e| e.path.clone()).collect();
+        let mut file = zip.by_name(name).map_err(|e| FrameError::Handler(e.to_string()))?;
+        if file.size() != size {
+            return Err(FrameError::Handler(format!("{} bytes, not {size}", file.size())));
+        }
+        let mut frame = pb::BlobFrame { hash: hash.as_bytes().to_vec(), size, ..Default::default() };
+        loop {
+            let mut data = Vec::with_capacity(MAX_CHUNK.min(size as usize));
+            let n = (&mut file).take(MAX_CHUNK as u64).read_to_end(&mut data);
+            n.map_err(|e| FrameError::Handler(e.to_string()))?;
+            frame.last = data.len() < MAX_CHUNK;
+            frame.data = data;
+            let last = frame.last;
+            if let Some(incoming) = self.receiver.accept(std::mem::take(&mut frame))? {
+                return place_all(self.tree, incoming, &entries, self.placed);
+            }
+            if last {
+                return Err(FrameError::Handler("member ended early".into()));
+            }
+        }
+    }
+}
