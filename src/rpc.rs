@@ -35,6 +35,8 @@ pub const MAX_CHUNK: usize = 1 << 20;
 pub const MAX_MESSAGE: usize = 2 << 20;
 /// Most hashes in one request or response.
 pub const MAX_HASHES: usize = 8192;
+/// Most bytes (declared member sizes) one UnpackBlobs request may unpack.
+pub const MAX_UNPACK_BYTES: u64 = 4 << 30;
 /// HTTP/2 flow-control window per stream: several chunks in flight, so a
 /// receiver never waits a round trip for the next one.
 pub const STREAM_WINDOW: u32 = 8 << 20;

@@ -47,8 +47,9 @@ pub struct SyncOptions {
     pub streams: usize,
     /// When a new file may travel as a delta against another version of it.
     pub fuzzy: When,
-    /// Pull: when files are unpacked from an archive of the snapshot rather
-    /// than fetched (see [`Profile::unpacked_from`](crate::profile::Profile::unpacked_from)).
+    /// When files are unpacked from an archive of the snapshot rather than
+    /// moved, by this side on a pull and by the mirror on a push (see
+    /// [`Profile::unpacked_from`](crate::profile::Profile::unpacked_from)).
     pub unpack: When,
 }
 
@@ -190,8 +191,9 @@ pub struct Report {
     pub blobs_whole: u64,
     /// Blobs moved as deltas.
     pub blobs_delta: u64,
-    /// Pull: blobs unpacked from an archive of the snapshot instead of
-    /// moved (the trees of `go-mod-trees`, from their zips).
+    /// Blobs unpacked from an archive of the snapshot instead of moved (the
+    /// trees of `go-mod-trees`, from their zips): by this side on a pull, by
+    /// the mirror on a push.
     pub blobs_unpacked: u64,
     /// Files hashed (not served by the hash cache).
     pub files_hashed: u64,

@@ -15,6 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request, Status};
 
 mod manifests;
+mod unpack;
 
 pub use manifests::Via;
 
@@ -201,6 +202,8 @@ pub struct Client {
     loopback: Arc<AtomicBool>,
     /// The mirror takes a commit's manifest as a diff.
     manifest_diffs: bool,
+    /// The mirror unpacks blobs from archives it has.
+    unpack_blobs: bool,
 }
 
 impl Client {
@@ -245,7 +248,8 @@ impl Client {
         let inner = CacheSyncClient::with_interceptor(channel, Outgoing { authorization })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let mut client = Client { inner, counters, url: url.to_string(), loopback, manifest_diffs: false };
+        let mut client =
+            Client { inner, counters, url: url.to_string(), loopback, manifest_diffs: false, unpack_blobs: false };
         client.hello().await?;
         Ok(client)
     }
@@ -298,6 +302,7 @@ impl Client {
             return Err(ClientError::Version { url: self.url.clone(), theirs: resp.protocol });
         }
         self.manifest_diffs = resp.manifest_diffs;
+        self.unpack_blobs = resp.unpack_blobs;
         Ok(())
     }
 

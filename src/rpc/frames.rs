@@ -385,11 +385,55 @@ impl FrameReceiver {
         Ok(())
     }
 
-    /// Drops the blob being received, if any (its staging file with it), so
-    /// that the next frame may start another: for callers that feed frames
-    /// of their own and go on after a failed blob.
-    pub(crate) fn abandon(&mut self) {
-        self.current = None;
+    /// Feeds member `name` of `zip` through this receiver as the frames of
+    /// blob `hash` of `size` bytes: the blob comes back verified, in the
+    /// staging file a [`Staging`] made, or the member is refused (absent,
+    /// of another size or content, unreadable) and nothing of it is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::Handler`] for a missing or unreadable member, the
+    /// receiver's errors for one that does not match.
+    pub(crate) fn accept_zip_member(
+        &mut self,
+        zip: &mut zip::ZipArchive<File>,
+        name: &str,
+        hash: Hash,
+        size: u64,
+    ) -> Result<Incoming, FrameError> {
+        let result = self.zip_member(zip, name, hash, size);
+        if result.is_err() {
+            self.current = None;
+        }
+        result
+    }
+
+    fn zip_member(
+        &mut self,
+        zip: &mut zip::ZipArchive<File>,
+        name: &str,
+        hash: Hash,
+        size: u64,
+    ) -> Result<Incoming, FrameError> {
+        let unreadable = |e: &dyn std::fmt::Display| FrameError::Handler(format!("zip member {name}: {e}"));
+        let mut member = zip.by_name(name).map_err(|e| unreadable(&e))?;
+        if member.size() != size {
+            return Err(unreadable(&format_args!("{} bytes, not {size}", member.size())));
+        }
+        let mut frame = pb::BlobFrame { hash: hash.as_bytes().to_vec(), size, ..Default::default() };
+        loop {
+            let mut data = Vec::with_capacity(MAX_CHUNK.min(size as usize));
+            (&mut member).take(MAX_CHUNK as u64).read_to_end(&mut data).map_err(|e| unreadable(&e))?;
+            frame.last = data.len() < MAX_CHUNK;
+            frame.data = data;
+            let last = frame.last;
+            if let Some(incoming) = self.accept(std::mem::take(&mut frame))? {
+                return Ok(incoming);
+            }
+            if last {
+                return Err(unreadable(&"ended early"));
+            }
+        }
     }
 
     /// Checks that the stream did not end inside a blob.

@@ -6,6 +6,7 @@
 
 mod gomod;
 mod manifests;
+mod unpack;
 
 use std::pin::Pin;
 
@@ -190,6 +191,7 @@ impl CacheSync for MirrorService {
             max_chunk: MAX_CHUNK as u32,
             max_hashes: MAX_HASHES as u32,
             manifest_diffs: true,
+            unpack_blobs: true,
         }))
     }
 
@@ -276,6 +278,16 @@ impl CacheSync for MirrorService {
         let (stored, rejected) = std::mem::take(&mut *counts.lock().expect("counts lock"));
         debug!(stored, rejected = rejected.len(), "blobs received");
         Ok(Response::new(pb::PutBlobsResponse { stored, already_present: 0, rejected_deltas: rejected }))
+    }
+
+    async fn unpack_blobs(
+        &self,
+        req: Request<pb::UnpackBlobsRequest>,
+    ) -> Result<Response<pb::UnpackBlobsResponse>, Status> {
+        caller(&req)?.check_upload().map_err(ServerError::Auth)?;
+        let stored = unpack::unpack(&self.store, req.into_inner(), self.options.max_blob_bytes).await?;
+        debug!(stored, "blobs unpacked");
+        Ok(Response::new(pb::UnpackBlobsResponse { stored }))
     }
 
     type GetBlobsStream = Stream_<pb::BlobFrame>;

@@ -1,5 +1,6 @@
 //! Push: scan a root, send the blobs the mirror lacks, commit a snapshot.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,6 +8,7 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::plan::{Upload, plan_push};
+use super::unpack;
 use super::{Base, Report, SyncError, SyncOptions, cache_path, load_base, save_base, save_cache, split_balanced};
 use crate::delta;
 use crate::hash::Hash;
@@ -180,7 +182,13 @@ async fn send(
     debug!(asked = hashes.len(), missing = missing.len(), "push: asked what the receiver lacks");
     let popts = opts.plan_options(req.profile, client);
     let uploads = plan_push(local, previous.as_ref().map(|p| &*p.manifest), &missing, popts);
-    (report.blobs_delta, report.blobs_whole) = upload(client, &req.root, uploads, opts).await?;
+    // Tree files the mirror can unpack from the zips it has (or is sent) stay here.
+    let unpackable = match opts.unpack.applies(client) && client.unpacks() {
+        true => unpack::sources(req.profile, local),
+        false => HashMap::new(),
+    };
+    let counts = upload(client, &req.root, uploads, &unpackable, opts).await?;
+    (report.blobs_delta, report.blobs_whole, report.blobs_unpacked) = counts;
     let profile = req.profile.to_string();
     let (snapshot, unchanged, via) =
         client.commit_since(&req.key, local, &profile, from.restored_from, previous.as_ref()).await?;
@@ -228,17 +236,52 @@ async fn scan_root(req: &PushRequest, opts: &SyncOptions) -> Result<scan::Scan, 
     Ok(scanned)
 }
 
-/// Sends the planned blobs: whole files first (some are the bases of the
-/// deltas), then deltas one by one (each needs the mirror's signature), then
-/// whole the deltas the mirror refused. Returns (deltas, whole) counts.
+/// Sends the planned blobs, except those the mirror can unpack from an
+/// archive it has by then (`unpackable`): it is asked to, and what it could
+/// not unpack is sent after all. Returns (deltas, whole, unpacked) counts.
 async fn upload(
     client: &mut Client,
     root: &Path,
     uploads: Vec<Upload>,
+    unpackable: &HashMap<Hash, (Hash, String, u64)>,
     opts: &SyncOptions,
-) -> Result<(u64, u64), SyncError> {
+) -> Result<(u64, u64, u64), SyncError> {
     let total: u64 = uploads.iter().map(upload_size).sum();
     let progress = Progress::bytes("push", total, opts.progress);
+    let (later, now): (Vec<Upload>, Vec<Upload>) =
+        uploads.into_iter().partition(|u| unpackable.contains_key(&upload_hash(u)));
+    let (mut deltas, mut whole) = send_blobs(client, root, now, opts, &progress).await?;
+    let mut unpacked = 0;
+    if !later.is_empty() {
+        let mut archives: HashMap<Hash, Vec<(String, Hash, u64)>> = HashMap::new();
+        for u in &later {
+            let (archive, member, size) = &unpackable[&upload_hash(u)];
+            archives.entry(*archive).or_default().push((member.clone(), upload_hash(u), *size));
+        }
+        client.unpack(&archives.into_iter().collect::<Vec<_>>()).await?;
+        let hashes: Vec<Hash> = later.iter().map(upload_hash).collect();
+        let still: HashSet<Hash> = client.missing(&hashes).await?.into_iter().collect();
+        let (rest, done): (Vec<Upload>, Vec<Upload>) = later.into_iter().partition(|u| still.contains(&upload_hash(u)));
+        debug!(unpacked = done.len(), sent = rest.len(), "push: the mirror unpacked tree files");
+        unpacked = done.len() as u64;
+        done.iter().for_each(|u| progress.inc(upload_size(u)));
+        let (d, w) = send_blobs(client, root, rest, opts, &progress).await?;
+        (deltas, whole) = (deltas + d, whole + w);
+    }
+    progress.finish();
+    Ok((deltas, whole, unpacked))
+}
+
+/// Sends blobs: whole files first (some are the bases of the deltas), then
+/// deltas one by one (each needs the mirror's signature), then whole the
+/// deltas the mirror refused. Returns (deltas, whole) counts.
+async fn send_blobs(
+    client: &mut Client,
+    root: &Path,
+    uploads: Vec<Upload>,
+    opts: &SyncOptions,
+    progress: &Progress,
+) -> Result<(u64, u64), SyncError> {
     let level = client.wire_level(opts.compression_level);
     let (whole, deltas): (Vec<Upload>, Vec<Upload>) =
         uploads.into_iter().partition(|u| matches!(u, Upload::Whole { .. }));
@@ -257,8 +300,13 @@ async fn upload(
     }
     whole_count += refused.len() as u64;
     send_whole(client, root, refused, (opts.streams, level), progress.clone()).await?;
-    progress.finish();
     Ok((sent_as_delta, whole_count))
+}
+
+fn upload_hash(u: &Upload) -> Hash {
+    match u {
+        Upload::Whole { hash, .. } | Upload::Delta { hash, .. } => *hash,
+    }
 }
 
 fn upload_size(u: &Upload) -> u64 {

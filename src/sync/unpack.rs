@@ -11,7 +11,6 @@
 //! afterwards, as is everything of an archive that cannot be read.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +23,6 @@ use crate::manifest::{Content, Manifest};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::rpc::frames::{FrameError, FrameReceiver};
-use crate::rpc::{MAX_CHUNK, pb};
 
 /// The blobs to unpack from one archive.
 pub(super) struct Archive {
@@ -32,6 +30,31 @@ pub(super) struct Archive {
     path: String,
     /// Member name, blob, the entries it fills.
     members: Vec<(String, Hash, Vec<usize>)>,
+}
+
+/// Where `path` can be unpacked from: an archive that is a file of
+/// `manifest` (on the receiver once the transfer is done) and the member.
+fn source(profile: Profile, manifest: &Manifest, path: &str) -> Option<(String, String)> {
+    let (archive, member) = profile.unpacked_from(path)?;
+    manifest.get(&archive).is_some_and(|a| matches!(a.content, Content::File(_))).then_some((archive, member))
+}
+
+/// The blobs of `manifest` a receiver can unpack from an archive of it:
+/// blob -> (archive blob, member name, size). What a push asks the mirror to
+/// unpack rather than sending it.
+pub(super) fn sources(profile: Profile, manifest: &Manifest) -> HashMap<Hash, (Hash, String, u64)> {
+    let mut out = HashMap::new();
+    for e in manifest.entries() {
+        let Some(hash) = e.file_hash() else { continue };
+        if out.contains_key(&hash) {
+            continue;
+        }
+        let Some((archive, member)) = source(profile, manifest, &e.path) else { continue };
+        if let Some(archive) = manifest.get(&archive).and_then(|a| a.file_hash()) {
+            out.insert(hash, (archive, member, e.size));
+        }
+    }
+    out
 }
 
 /// Splits the blobs a pull needs into those still to fetch and those to
@@ -43,14 +66,9 @@ pub(super) fn split(
     whole: Vec<(Hash, Vec<usize>)>,
     deltas: &mut Vec<(Hash, Vec<usize>, String)>,
 ) -> (Vec<(Hash, Vec<usize>)>, Vec<Archive>) {
-    // Any of the blob's paths will do. The archive must be a file of the
-    // snapshot: fetched by this pull, or here already.
-    let source = |targets: &[usize]| {
-        targets.iter().find_map(|i| {
-            let (archive, member) = profile.unpacked_from(&manifest.entries()[*i].path)?;
-            manifest.get(&archive).is_some_and(|a| matches!(a.content, Content::File(_))).then_some((archive, member))
-        })
-    };
+    // Any of the blob's paths will do.
+    let source =
+        |targets: &[usize]| targets.iter().find_map(|i| source(profile, manifest, &manifest.entries()[*i].path));
     let mut fetch = Vec::with_capacity(whole.len());
     let mut archives: HashMap<String, Vec<(String, Hash, Vec<usize>)>> = HashMap::new();
     let mut add = |(archive, member): (String, String), hash, targets| {
@@ -146,7 +164,6 @@ impl<'a> Unpacker<'a> {
                 }
                 Err(e) => {
                     debug!(archive = %archive.path, member, error = %e, "cannot unpack; fetching it");
-                    self.receiver.abandon();
                     failed.push((*hash, targets.clone()));
                 }
             }
@@ -154,7 +171,7 @@ impl<'a> Unpacker<'a> {
         (landed, failed)
     }
 
-    /// Feeds one member through the receiver as the frames of blob `hash`.
+    /// Unpacks one member into place.
     fn member(
         &mut self,
         zip: &mut zip::ZipArchive<std::fs::File>,
@@ -165,24 +182,7 @@ impl<'a> Unpacker<'a> {
     ) -> Result<(), FrameError> {
         let entries: Vec<_> = targets.iter().map(|i| self.manifest.entries()[*i].clone()).collect();
         *self.paths.lock().expect("paths lock") = entries.iter().map(|e| e.path.clone()).collect();
-        let mut file = zip.by_name(name).map_err(|e| FrameError::Handler(e.to_string()))?;
-        if file.size() != size {
-            return Err(FrameError::Handler(format!("{} bytes, not {size}", file.size())));
-        }
-        let mut frame = pb::BlobFrame { hash: hash.as_bytes().to_vec(), size, ..Default::default() };
-        loop {
-            let mut data = Vec::with_capacity(MAX_CHUNK.min(size as usize));
-            let n = (&mut file).take(MAX_CHUNK as u64).read_to_end(&mut data);
-            n.map_err(|e| FrameError::Handler(e.to_string()))?;
-            frame.last = data.len() < MAX_CHUNK;
-            frame.data = data;
-            let last = frame.last;
-            if let Some(incoming) = self.receiver.accept(std::mem::take(&mut frame))? {
-                return place_all(self.tree, incoming, &entries, self.placed);
-            }
-            if last {
-                return Err(FrameError::Handler("member ended early".into()));
-            }
-        }
+        let incoming = self.receiver.accept_zip_member(zip, name, hash, size)?;
+        place_all(self.tree, incoming, &entries, self.placed)
     }
 }

@@ -314,13 +314,14 @@ async fn go_mod_trees_restores_over_read_only_trees_and_skips_half_extracted_one
     unlock(t.path());
 }
 
-/// A `go-mod-trees` pull unpacks the tree files it lacks from the zips it
-/// brings, on the receiver: the same tree as a pull that fetches them, far
-/// fewer bytes. A tree file that does not match its zip member (changed
-/// after Go extracted it) and one the zip lacks are fetched instead, and the
-/// real `go` builds and verifies offline from the unpacked cache.
+/// `go-mod-trees` tree files are unpacked from their module zips on the
+/// receiving side instead of sent: by the mirror on a push, by the client on
+/// a pull. The same tree as when they are sent, far fewer bytes. A tree file
+/// that does not match its zip member (changed after Go extracted it) and
+/// one the zip lacks are sent instead, and the real `go` builds offline
+/// from the unpacked cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_mod_trees_pull_unpacks_tree_files_from_the_zips() {
+async fn go_mod_trees_push_and_pull_unpack_tree_files_from_the_zips() {
     let t = tempfile::tempdir().unwrap();
     let proxy = t.path().join("proxy");
     make_proxy(&proxy);
@@ -333,9 +334,16 @@ async fn go_mod_trees_pull_unpacks_tree_files_from_the_zips() {
     std::fs::write(greet.join("NOT_IN_ZIP"), "only in the tree\n").unwrap();
     crate::helpers::set_mode(&greet, 0o555);
 
-    let mirror = spawn_mirror(&t.path().join("store")).await;
+    // Pushed to a mirror that unpacks the same tree files from the zips it
+    // gets, and to one that is sent them.
     let push = PushRequest { root: a.modcache.clone(), key: "gomod/trees".into(), profile: Profile::GoModTrees };
-    sync::push(&mut connect(&mirror.url).await, &push, &options(&t.path().join("a/state"))).await.unwrap();
+    let sent = spawn_mirror(&t.path().join("store-sent")).await;
+    let opts = sync::SyncOptions { unpack: sync::When::Never, ..options(&t.path().join("a/state-sent")) };
+    let sent = sync::push(&mut connect(&sent.url).await, &push, &opts).await.unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let pushed = sync::push(&mut connect(&mirror.url).await, &push, &options(&t.path().join("a/state"))).await.unwrap();
+    assert_eq!((sent.blobs_unpacked, pushed.blobs_unpacked), (0, 7), "{pushed:?}");
+    assert!(pushed.bytes_sent * 2 < sent.bytes_sent, "pushed {} bytes vs {}", pushed.bytes_sent, sent.bytes_sent);
 
     let pull = |dir: &str, unpack: sync::When| {
         let (root, state) = (t.path().join(dir).join("mod"), t.path().join(dir).join("state"));

@@ -356,6 +356,9 @@ impl pb::cache_sync_server::CacheSync for Omitting {
     async fn put_blobs(&self, r: Request<tonic::Streaming<pb::BlobFrame>>) -> Resp<pb::PutBlobsResponse> {
         self.0.put_blobs(r).await
     }
+    async fn unpack_blobs(&self, r: Request<pb::UnpackBlobsRequest>) -> Resp<pb::UnpackBlobsResponse> {
+        self.0.unpack_blobs(r).await
+    }
     async fn get_blobs(&self, r: Request<pb::GetBlobsRequest>) -> Resp<Self::GetBlobsStream> {
         let mut req = r.into_inner();
         req.hashes.pop();
@@ -401,4 +404,48 @@ async fn a_mirror_that_leaves_blobs_out_fails_the_pull() {
     let err = sync::pull(&mut connect(&url).await, &pull, &opts).await.unwrap_err().to_string();
     assert!(err.contains("1 of the 5 requested blobs missing"), "{err}");
     assert_eq!(describe(&dst).iter().filter(|l| l.contains("file")).count(), 4, "the four that came are complete");
+}
+
+/// UnpackBlobs stores a member only if it hashes to what the client said;
+/// a request beyond its bounds, or naming what is not a zip, stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpack_requests_that_lie_or_overreach_store_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    // A zip with one member, and a blob that is no zip, both on the mirror.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file("m@v1.0.0/a.go", zip::write::SimpleFileOptions::default()).unwrap();
+    std::io::Write::write_all(&mut zip, b"package a\n").unwrap();
+    let zip = zip.finish().unwrap().into_inner();
+    let src = t.path().join("src");
+    write(&src, "m.zip", &zip);
+    write(&src, "not.zip", b"not a zip at all");
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    sync::push(&mut connect(&mirror.url).await, &push, &options(&t.path().join("s"))).await.unwrap();
+    let (zip_hash, not_zip) = (cachesync::hash::Hash::of(&zip), cachesync::hash::Hash::of(b"not a zip at all"));
+
+    let member = |name: &str, content: &[u8], size: u64| pb::UnpackMember {
+        name: name.into(),
+        hash: cachesync::hash::Hash::of(content).as_bytes().to_vec(),
+        size,
+    };
+    let archive = |hash: cachesync::hash::Hash, members| pb::UnpackArchive { hash: hash.as_bytes().to_vec(), members };
+    let mut client = raw(&mirror.url, Some("1")).await;
+    let mut unpack = async |archives| client.unpack_blobs(pb::UnpackBlobsRequest { archives }).await;
+    // The wrong content, the wrong size, a member that is absent, an archive that is no zip.
+    let lies = vec![
+        archive(zip_hash, vec![member("m@v1.0.0/a.go", b"package b\n", 10)]),
+        archive(zip_hash, vec![member("m@v1.0.0/a.go", b"package a\n", 11)]),
+        archive(zip_hash, vec![member("m@v1.0.0/b.go", b"package a\n", 10)]),
+        archive(not_zip, vec![member("m@v1.0.0/a.go", b"package a\n", 10)]),
+    ];
+    assert_eq!(unpack(lies).await.unwrap().into_inner().stored, 0);
+    let huge = vec![archive(zip_hash, vec![member("m@v1.0.0/a.go", b"package a\n", 5 << 30)])];
+    assert_eq!(unpack(huge).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let store = cachesync::store::Store::open(t.path().join("store").to_str().unwrap()).unwrap();
+    assert!(!store.has_blob(&cachesync::hash::Hash::of(b"package a\n")).await.unwrap());
+    // The truth is stored.
+    let truth = vec![archive(zip_hash, vec![member("m@v1.0.0/a.go", b"package a\n", 10)])];
+    assert_eq!(unpack(truth).await.unwrap().into_inner().stored, 1);
+    assert!(store.has_blob(&cachesync::hash::Hash::of(b"package a\n")).await.unwrap());
 }
