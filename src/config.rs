@@ -116,8 +116,9 @@ pub struct TransferSettings {
     pub streams: usize,
     /// New files as deltas against other versions of them: remote, always, never.
     pub fuzzy: crate::sync::When,
-    /// Pulls of `go-mod-trees` unpack tree files from their zips rather than
-    /// fetch them: remote, always, never.
+    /// `go-mod-trees` tree files are unpacked from their zips on the
+    /// receiving side (the client on a pull, the mirror on a push) rather
+    /// than sent: remote, always, never.
     pub unpack: crate::sync::When,
 }
 

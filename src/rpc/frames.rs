@@ -401,39 +401,32 @@ impl FrameReceiver {
         hash: Hash,
         size: u64,
     ) -> Result<Incoming, FrameError> {
-        let result = self.zip_member(zip, name, hash, size);
+        let unreadable = |e: &dyn std::fmt::Display| FrameError::Handler(format!("zip member {name}: {e}"));
+        let mut feed = || {
+            let mut member = zip.by_name(name).map_err(|e| unreadable(&e))?;
+            if member.size() != size {
+                return Err(unreadable(&format_args!("{} bytes, not {size}", member.size())));
+            }
+            let mut frame = pb::BlobFrame { hash: hash.as_bytes().to_vec(), size, ..Default::default() };
+            loop {
+                let mut data = Vec::with_capacity(MAX_CHUNK.min(size as usize));
+                (&mut member).take(MAX_CHUNK as u64).read_to_end(&mut data).map_err(|e| unreadable(&e))?;
+                frame.last = data.len() < MAX_CHUNK;
+                frame.data = data;
+                let last = frame.last;
+                if let Some(incoming) = self.accept(std::mem::take(&mut frame))? {
+                    return Ok(incoming);
+                }
+                if last {
+                    return Err(unreadable(&"ended early"));
+                }
+            }
+        };
+        let result = feed();
         if result.is_err() {
-            self.current = None;
+            self.current = None; // what was staged of it goes with it
         }
         result
-    }
-
-    fn zip_member(
-        &mut self,
-        zip: &mut zip::ZipArchive<File>,
-        name: &str,
-        hash: Hash,
-        size: u64,
-    ) -> Result<Incoming, FrameError> {
-        let unreadable = |e: &dyn std::fmt::Display| FrameError::Handler(format!("zip member {name}: {e}"));
-        let mut member = zip.by_name(name).map_err(|e| unreadable(&e))?;
-        if member.size() != size {
-            return Err(unreadable(&format_args!("{} bytes, not {size}", member.size())));
-        }
-        let mut frame = pb::BlobFrame { hash: hash.as_bytes().to_vec(), size, ..Default::default() };
-        loop {
-            let mut data = Vec::with_capacity(MAX_CHUNK.min(size as usize));
-            (&mut member).take(MAX_CHUNK as u64).read_to_end(&mut data).map_err(|e| unreadable(&e))?;
-            frame.last = data.len() < MAX_CHUNK;
-            frame.data = data;
-            let last = frame.last;
-            if let Some(incoming) = self.accept(std::mem::take(&mut frame))? {
-                return Ok(incoming);
-            }
-            if last {
-                return Err(unreadable(&"ended early"));
-            }
-        }
     }
 
     /// Checks that the stream did not end inside a blob.
