@@ -18,6 +18,7 @@ pub mod hash;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;
+mod parallel;
 pub mod profile;
 mod progress;
 pub mod replicate;

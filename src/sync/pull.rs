@@ -323,8 +323,7 @@ impl Job {
             return (0, Vec::new());
         }
         let (t, m, p, prog) = (self.tree.clone(), self.manifest.clone(), self.placed.clone(), self.progress.clone());
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::task::spawn_blocking(move || unpack::unpack(&t, &m, &p, &prog, archives, threads))
+        tokio::task::spawn_blocking(move || unpack::unpack(&t, &m, &p, &prog, archives))
             .await
             .expect("unpack task panicked")
     }

@@ -184,7 +184,7 @@ async fn send(
     let uploads = plan_push(local, previous.as_ref().map(|p| &*p.manifest), &missing, popts);
     // Tree files the mirror can unpack from the zips it has (or is sent) stay here.
     let unpackable = match opts.unpack.applies(client) && client.unpacks() {
-        true => unpack::sources(req.profile, local),
+        true => unpack::sources(req.profile, local, &uploads.iter().map(upload_hash).collect()),
         false => HashMap::new(),
     };
     let counts = upload(client, &req.root, uploads, &unpackable, opts).await?;

@@ -10,8 +10,7 @@
 //! or different (a zip that does not match its tree) is fetched whole
 //! afterwards, as is everything of an archive that cannot be read.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tracing::debug;
@@ -19,7 +18,7 @@ use tracing::debug;
 use super::pull::{Placed, place_all};
 use super::tree::Tree;
 use crate::hash::Hash;
-use crate::manifest::{Content, Manifest};
+use crate::manifest::{Content, Entry, Manifest};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::rpc::frames::{FrameError, FrameReceiver};
@@ -34,24 +33,25 @@ pub(super) struct Archive {
 
 /// Where `path` can be unpacked from: an archive that is a file of
 /// `manifest` (on the receiver once the transfer is done) and the member.
-fn source(profile: Profile, manifest: &Manifest, path: &str) -> Option<(String, String)> {
+fn source<'m>(profile: Profile, manifest: &'m Manifest, path: &str) -> Option<(&'m Entry, String)> {
     let (archive, member) = profile.unpacked_from(path)?;
-    manifest.get(&archive).is_some_and(|a| matches!(a.content, Content::File(_))).then_some((archive, member))
+    let archive = manifest.get(&archive).filter(|a| matches!(a.content, Content::File(_)))?;
+    Some((archive, member))
 }
 
-/// The blobs of `manifest` a receiver can unpack from an archive of it:
-/// blob -> (archive blob, member name, size). What a push asks the mirror to
-/// unpack rather than sending it.
-pub(super) fn sources(profile: Profile, manifest: &Manifest) -> HashMap<Hash, (Hash, String, u64)> {
+/// Of the blobs `wanted`, those a receiver can unpack from an archive of
+/// `manifest`: blob -> (archive blob, member name, size). What a push asks
+/// the mirror to unpack rather than sending it.
+pub(super) fn sources(
+    profile: Profile,
+    manifest: &Manifest,
+    wanted: &HashSet<Hash>,
+) -> HashMap<Hash, (Hash, String, u64)> {
     let mut out = HashMap::new();
     for e in manifest.entries() {
-        let Some(hash) = e.file_hash() else { continue };
-        if out.contains_key(&hash) {
-            continue;
-        }
-        let Some((archive, member)) = source(profile, manifest, &e.path) else { continue };
-        if let Some(archive) = manifest.get(&archive).and_then(|a| a.file_hash()) {
-            out.insert(hash, (archive, member, e.size));
+        let Some(hash) = e.file_hash().filter(|h| wanted.contains(h) && !out.contains_key(h)) else { continue };
+        if let Some((archive, member)) = source(profile, manifest, &e.path) {
+            out.insert(hash, (archive.file_hash().expect("a file"), member, e.size));
         }
     }
     out
@@ -67,8 +67,10 @@ pub(super) fn split(
     deltas: &mut Vec<(Hash, Vec<usize>, String)>,
 ) -> (Vec<(Hash, Vec<usize>)>, Vec<Archive>) {
     // Any of the blob's paths will do.
-    let source =
-        |targets: &[usize]| targets.iter().find_map(|i| source(profile, manifest, &manifest.entries()[*i].path));
+    let source = |targets: &[usize]| {
+        let from = |i: &usize| source(profile, manifest, &manifest.entries()[*i].path);
+        targets.iter().find_map(from).map(|(archive, member)| (archive.path.clone(), member))
+    };
     let mut fetch = Vec::with_capacity(whole.len());
     let mut archives: HashMap<String, Vec<(String, Hash, Vec<usize>)>> = HashMap::new();
     let mut add = |(archive, member): (String, String), hash, targets| {
@@ -90,32 +92,19 @@ pub(super) fn split(
     (fetch, archives)
 }
 
-/// Unpacks `archives` into `tree` on up to `threads` threads; returns how
-/// many blobs landed and those to fetch whole instead.
+/// Unpacks `archives` into `tree` on every core; returns how many blobs
+/// landed and those to fetch whole instead.
 pub(super) fn unpack(
     tree: &Arc<Tree>,
     manifest: &Manifest,
     placed: &Placed,
     progress: &Progress,
     archives: Vec<Archive>,
-    threads: usize,
 ) -> (u64, Vec<(Hash, Vec<usize>)>) {
-    let next = AtomicUsize::new(0);
-    let landed = AtomicUsize::new(0);
-    let refetch = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, archives.len().max(1)) {
-            s.spawn(|| {
-                let mut unpacker = Unpacker::new(tree, manifest, placed);
-                while let Some(archive) = archives.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let (n, failed) = unpacker.archive(archive, progress);
-                    landed.fetch_add(n, Ordering::Relaxed);
-                    refetch.lock().expect("refetch lock").extend(failed);
-                }
-            });
-        }
-    });
-    (landed.into_inner() as u64, refetch.into_inner().expect("refetch lock"))
+    let init = || Unpacker::new(tree, manifest, placed);
+    let done = crate::parallel::map(&archives, usize::MAX, init, |u, archive| u.archive(archive, progress));
+    let landed = done.iter().map(|(n, _)| *n as u64).sum();
+    (landed, done.into_iter().flat_map(|(_, failed)| failed).collect())
 }
 
 /// One thread's receiver: members go through it as frames, one at a time.

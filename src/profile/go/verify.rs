@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -149,28 +148,17 @@ pub fn verify(inv: &Inventory, source: &(dyn Source + Sync), sums: &[SumLine]) -
         by_version.entry((&line.module, &line.version)).or_default().push(line);
     }
     let versions: Vec<_> = inv.versions.iter().collect();
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(((module, version), files)) = versions.get(i) else { return done };
+    let results = crate::parallel::map(
+        &versions,
+        8,
+        || (),
+        |_, ((module, version), files)| {
             let lines = by_version.get(&(module.as_str(), version.as_str())).map_or(&[][..], Vec::as_slice);
-            done.push((i, verify_version(module, version, files, source, lines)));
-        }
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(versions.len());
-    let mut results: Vec<(usize, Outcome)> = if threads <= 1 {
-        work()
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
-            handles.into_iter().flat_map(|h| h.join().expect("verify thread panicked")).collect()
-        })
-    };
-    results.sort_by_key(|(i, _)| *i);
+            verify_version(module, version, files, source, lines)
+        },
+    );
     let mut out = Outcome { problems: inv.problems.clone(), ..Outcome::default() };
-    for (_, one) in results {
+    for one in results {
         out.versions += one.versions;
         out.zips += one.zips;
         out.go_sum_lines_checked += one.go_sum_lines_checked;

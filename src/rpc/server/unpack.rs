@@ -11,8 +11,6 @@
 //! [`MAX_UNPACK_BYTES`] and [`MAX_HASHES`] members, so an archive that
 //! inflates without end costs no more than its declared sizes.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
 use tokio::runtime::Handle;
 use tracing::debug;
 
@@ -65,24 +63,17 @@ pub async fn unpack(store: &Store, req: pb::UnpackBlobsRequest, max_blob: u64) -
 /// Unpacks the archives on every core.
 fn unpack_all(store: &Store, archives: Vec<(BlobFile, Members)>) -> u64 {
     let rt = Handle::current();
-    let (next, stored) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(archives.len());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let staging = store.clone();
-                let mut receiver = FrameReceiver::new(
-                    Box::new(move |_| staging.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
-                    u64::MAX,
-                );
-                while let Some((file, members)) = archives.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let n = unpack_one(store, &rt, &mut receiver, file, members);
-                    stored.fetch_add(n, Ordering::Relaxed);
-                }
-            });
-        }
+    let receiver = || {
+        let staging = store.clone();
+        FrameReceiver::new(
+            Box::new(move |_| staging.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
+            u64::MAX,
+        )
+    };
+    let stored = crate::parallel::map(&archives, usize::MAX, receiver, |receiver, (file, members)| {
+        unpack_one(store, &rt, receiver, file, members)
     });
-    stored.into_inner()
+    stored.into_iter().sum()
 }
 
 fn unpack_one(store: &Store, rt: &Handle, receiver: &mut FrameReceiver, file: &BlobFile, members: &Members) -> u64 {
