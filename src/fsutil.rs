@@ -53,8 +53,9 @@ pub fn create_unnamed(dir: &Path) -> io::Result<std::fs::File> {
 }
 
 /// Gives an unnamed file from [`create_unnamed`] the name `dest`, atomically,
-/// failing with `AlreadyExists` if `dest` exists (`linkat` through
-/// `/proc/self/fd`, which needs no privilege).
+/// failing with `AlreadyExists` if `dest` exists. `linkat` from the
+/// descriptor itself (`AT_EMPTY_PATH`) where the process may, otherwise
+/// through `/proc/self/fd`, which needs no privilege.
 ///
 /// # Errors
 ///
@@ -62,8 +63,24 @@ pub fn create_unnamed(dir: &Path) -> io::Result<std::fs::File> {
 pub fn link_unnamed(file: &std::fs::File, dest: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(io::Error::other)?;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Cleared for good at the first refusal (it needs CAP_DAC_READ_SEARCH).
+    static FROM_FD: AtomicBool = AtomicBool::new(true);
     let to = std::ffi::CString::new(dest.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let fd = file.as_raw_fd();
+    if FROM_FD.load(Ordering::Relaxed) {
+        // SAFETY: `to` is NUL-terminated and outlives the call; `file` keeps the descriptor open.
+        let rc = unsafe { libc::linkat(fd, c"".as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_EMPTY_PATH) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::EPERM | libc::EINVAL) => FROM_FD.store(false, Ordering::Relaxed),
+            _ => return Err(e),
+        }
+    }
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?;
     // SAFETY: both strings are NUL-terminated and outlive the call; `file` keeps the descriptor open.
     let rc =
         unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
