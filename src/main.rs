@@ -106,7 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cachesync::commands::run(cli.command, settings)) {
+    // On a worker thread, not this one: the tasks it wakes and is woken by run
+    // there, and a wake-up between workers costs less than parking this thread.
+    let run = runtime.spawn(cachesync::commands::run(cli.command, settings));
+    match runtime.block_on(run).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cachesync: {}", one_line(&e));

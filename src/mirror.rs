@@ -200,6 +200,7 @@ impl Mirror {
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::rpc::STREAM_WINDOW)
             .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW)
+            .max_frame_size(crate::rpc::MAX_FRAME)
             .add_service(self.service.into_server(self.auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
             .await?;

@@ -42,6 +42,10 @@ pub const MAX_UNPACK_BYTES: u64 = 4 << 30;
 pub const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection (streams share it).
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame each side accepts. The default, 16 KiB, made a
+/// restore of 165 MiB cost 10,500 `writev` calls on the mirror and twice as
+/// many reads on the client: one per frame.
+pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest manifest accepted (about two million entries).
 pub const MAX_MANIFEST: u64 = 256 << 20;
 

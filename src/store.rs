@@ -304,6 +304,24 @@ impl Store {
         backend::upload(&self.blobs, &location, staged).await
     }
 
+    /// The blob's content, opened for reading, with the file it was read
+    /// from: on a local store the blob itself, opened without a look first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] if the store lacks it.
+    pub async fn open_blob(&self, h: &Hash) -> Result<(BlobFile, std::fs::File)> {
+        let file = match &self.local_root {
+            Some(root) => BlobFile { path: root.join(Self::blob_path(h).as_ref()), temporary: false },
+            None => self.blob_file(h).await?,
+        };
+        match std::fs::File::open(&file.path) {
+            Ok(opened) => Ok((file, opened)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(format!("blob {h}"))),
+            Err(source) => Err(StoreError::Io { path: file.path.clone(), source }),
+        }
+    }
+
     /// The blob's content as a local file to read or map.
     ///
     /// # Errors

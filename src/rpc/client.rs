@@ -242,6 +242,7 @@ impl Client {
             .tcp_nodelay(true)
             .initial_stream_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .max_frame_size(super::MAX_FRAME)
             .connect_with_connector(counting_connector(counters.clone(), loopback.clone()))
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
@@ -442,7 +443,7 @@ impl Client {
     {
         assert!(hashes.len() <= MAX_HASHES, "callers batch hashes");
         let hashes = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
-        let req = pb::GetBlobsRequest { hashes, compression_level: Some(level) };
+        let req = pb::GetBlobsRequest { hashes, compression_level: Some(level), batch: true };
         let stream = self.inner.get_blobs(req).await.map_err(|s| self.refused(s))?.into_inner();
         frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
     }

@@ -21,7 +21,11 @@ pub enum FrameError {
     #[error("protocol error in blob stream: {0}")]
     Protocol(String),
     /// A whole blob whose bytes do not hash to its name; nothing was kept.
-    #[error("blob {expected} arrived with blake3 {actual}: refused")]
+    /// A mirror sends its stored blobs without hashing them again, so this
+    /// is also how a corrupt copy in its store shows.
+    #[error(
+        "blob {expected} arrived with blake3 {actual}: refused (the sender's copy is corrupt, or it was damaged on the way)"
+    )]
     HashMismatch {
         /// The hash it was sent as.
         expected: Hash,
@@ -113,21 +117,62 @@ fn decompress(data: &[u8]) -> Result<Vec<u8>, FrameError> {
     })
 }
 
-/// Sends the file at `path` as blob `hash` of `size` bytes, checking on the
-/// way that it still hashes to `hash`.
+/// Gathers frames into messages of at most about [`MAX_CHUNK`] bytes
+/// (`BlobFrame.following`), for a receiver that asked for batches: a
+/// message per small blob costs both sides more than the blob.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    message: Option<pb::BlobFrame>,
+    len: usize,
+}
+
+impl Batcher {
+    /// Adds `frame`; returns the message it closed, if it did not fit in it.
+    pub(crate) fn add(&mut self, frame: pb::BlobFrame) -> Option<pb::BlobFrame> {
+        use prost::Message;
+        let len = frame.encoded_len() + 8; // and its tag and length inside the message
+        let full = if self.len + len > MAX_CHUNK { self.finish() } else { None };
+        self.len += len;
+        match &mut self.message {
+            Some(message) => message.following.push(frame),
+            None => self.message = Some(frame),
+        }
+        full
+    }
+
+    /// The message being filled, if any.
+    pub(crate) fn finish(&mut self) -> Option<pb::BlobFrame> {
+        self.len = 0;
+        self.message.take()
+    }
+}
+
+/// Whether [`send_file`] hashes what it reads before the last frame goes out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// A file of a live tree, which may have changed since it was hashed:
+    /// refuse to send it under a hash it no longer has.
+    Hash,
+    /// An immutable blob of a store, verified when it was stored. The
+    /// receiver verifies every byte that lands, so hashing it again on the
+    /// way out would only double the work.
+    Trust,
+}
+
+/// Sends `file` (read from `path`) as blob `hash` of `size` bytes.
 ///
 /// # Errors
 ///
-/// [`FrameError::Changed`] if the content no longer matches; I/O; `Gone`.
+/// [`FrameError::Changed`] if the file is shorter than `size` or, with
+/// [`Check::Hash`], no longer hashes to `hash`; I/O; `Gone`.
 pub(crate) fn send_file(
+    mut file: File,
     path: &Path,
-    hash: Hash,
-    size: u64,
-    level: i32,
+    (hash, size): (Hash, u64),
+    (level, check): (i32, Check),
     send: &mut Send<'_>,
     progress: &dyn Fn(u64),
 ) -> Result<(), FrameError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
     let mut hasher = Hasher::new();
     let mut sent = 0u64;
     loop {
@@ -137,10 +182,12 @@ pub(crate) fn send_file(
         if got < want {
             return Err(FrameError::Changed { path: path.to_path_buf() });
         }
-        hasher.update(&buf);
+        if check == Check::Hash {
+            hasher.update(&buf);
+        }
         sent += want as u64;
         let last = sent == size;
-        if last && hasher.finalize() != hash {
+        if last && check == Check::Hash && hasher.finalize() != hash {
             return Err(FrameError::Changed { path: path.to_path_buf() });
         }
         let first = sent == want as u64;
@@ -149,9 +196,10 @@ pub(crate) fn send_file(
             hash: if first { hash.as_bytes().to_vec() } else { Vec::new() },
             size: if first { size } else { 0 },
             delta_base: Vec::new(),
-            data,
+            data: data.into(),
             zstd,
             last,
+            following: Vec::new(),
         })?;
         progress(want as u64);
         if last {
@@ -186,9 +234,10 @@ impl<'a, 'b> DeltaWriter<'a, 'b> {
             hash: if first { self.hash.as_bytes().to_vec() } else { Vec::new() },
             size: if first { self.size } else { 0 },
             delta_base: if first { self.base.as_bytes().to_vec() } else { Vec::new() },
-            data,
+            data: data.into(),
             zstd,
             last,
+            following: Vec::new(),
         });
         self.gone = matches!(sent, Err(FrameError::Gone));
         sent
@@ -308,6 +357,9 @@ impl FrameReceiver {
     /// Protocol violations, hash mismatches, I/O.
     pub(crate) fn accept(&mut self, frame: pb::BlobFrame) -> Result<Option<Incoming>, FrameError> {
         let proto = |m: &str| Err(FrameError::Protocol(m.to_string()));
+        if !frame.following.is_empty() {
+            return proto("following frames nested in a following frame");
+        }
         match (&self.current, frame.hash.is_empty()) {
             (None, true) => return proto("data frame without a blob header"),
             (Some(_), false) => return proto("new blob before the previous one ended"),
@@ -315,7 +367,7 @@ impl FrameReceiver {
             (Some(_), true) => {}
         }
         let cur = self.current.as_mut().expect("started above");
-        let data = if frame.zstd { decompress(&frame.data)? } else { frame.data };
+        let data = if frame.zstd { decompress(&frame.data)?.into() } else { frame.data };
         if data.len() > MAX_CHUNK || cur.written + data.len() as u64 > cur.limit {
             return proto("blob larger than announced");
         }
@@ -412,7 +464,7 @@ impl FrameReceiver {
                 let mut data = Vec::with_capacity(MAX_CHUNK.min(size as usize));
                 (&mut member).take(MAX_CHUNK as u64).read_to_end(&mut data).map_err(|e| unreadable(&e))?;
                 frame.last = data.len() < MAX_CHUNK;
-                frame.data = data;
+                frame.data = data.into();
                 let last = frame.last;
                 if let Some(incoming) = self.accept(std::mem::take(&mut frame))? {
                     return Ok(incoming);
@@ -456,28 +508,44 @@ pub(crate) async fn receive_blobs<H>(
 where
     H: FnMut(Incoming) -> Result<(), FrameError> + std::marker::Send + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::BlobFrame>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<pb::BlobFrame>>(8);
     let worker = tokio::task::spawn_blocking(move || -> Result<(), FrameError> {
-        while let Some(frame) = rx.blocking_recv() {
-            if let Some(incoming) = receiver.accept(frame)? {
-                handle(incoming)?;
+        while let Some(messages) = rx.blocking_recv() {
+            for mut message in messages {
+                let following = std::mem::take(&mut message.following);
+                for frame in std::iter::once(message).chain(following) {
+                    if let Some(incoming) = receiver.accept(frame)? {
+                        handle(incoming)?;
+                    }
+                }
             }
         }
         receiver.finish()
     });
     let mut broken = None;
-    loop {
-        match stream.message().await {
-            Ok(Some(frame)) => {
-                if tx.send(frame).await.is_err() {
-                    break; // the worker failed; its error is the one to report
+    let mut open = true;
+    while open {
+        // Messages already received go to the writer together: one hand-off
+        // per batch instead of one per message.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(stream.message().await);
+        while let Some(got) = next {
+            match got {
+                Ok(Some(message)) => {
+                    bytes += message.data.len() + message.following.iter().map(|f| f.data.len()).sum::<usize>();
+                    batch.push(message);
+                }
+                Ok(None) => open = false,
+                Err(status) => {
+                    broken = Some(status);
+                    open = false;
                 }
             }
-            Ok(None) => break,
-            Err(status) => {
-                broken = Some(status);
-                break;
-            }
+            next = if open && bytes < MAX_CHUNK { futures::FutureExt::now_or_never(stream.message()) } else { None };
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            break; // the worker failed; its error is the one to report
         }
     }
     drop(tx);

@@ -300,13 +300,21 @@ impl CacheSync for MirrorService {
         let own = self.options.compression_level;
         let level = req.compression_level.map_or(own, |asked| asked.clamp(0, own));
         let metrics = self.metrics.clone();
+        let mut batcher = req.batch.then(frames::Batcher::default);
         tokio::task::spawn_blocking(move || {
             let rt = Handle::current();
-            let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
+            let mut send = |f| {
+                let full = match &mut batcher {
+                    Some(b) => b.add(f),
+                    None => Some(f),
+                };
+                full.map_or(Ok(()), |message| tx.blocking_send(Ok(message)).map_err(|_| FrameError::Gone))
+            };
             for h in hashes {
-                let result = rt.block_on(store.blob_file(&h)).map_err(ServerError::from).and_then(|file| {
-                    let size = std::fs::metadata(&file.path).map_err(|e| ServerError::BadRequest(e.to_string()))?.len();
-                    frames::send_file(&file.path, h, size, level, &mut send, &|_| {}).map_err(|e| match e {
+                let result = rt.block_on(store.open_blob(&h)).map_err(ServerError::from).and_then(|(blob, file)| {
+                    let size = file.metadata().map_err(|e| ServerError::BadRequest(format!("blob {h}: {e}")))?.len();
+                    let how = (level, frames::Check::Trust);
+                    frames::send_file(file, &blob.path, (h, size), how, &mut send, &|_| {}).map_err(|e| match e {
                         FrameError::Changed { .. } => ServerError::Corrupt(h),
                         other => ServerError::Precondition(other.to_string()),
                     })?;
@@ -318,6 +326,9 @@ impl CacheSync for MirrorService {
                     let _ = tx.blocking_send(Err(e.into()));
                     return;
                 }
+            }
+            if let Some(message) = batcher.as_mut().and_then(frames::Batcher::finish) {
+                let _ = tx.blocking_send(Ok(message));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -17,7 +17,7 @@ use crate::manifest::{Known, Manifest};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::rpc::client::Client;
-use crate::rpc::frames::{self, DeltaWriter, FrameError};
+use crate::rpc::frames::{self, Check, DeltaWriter, FrameError};
 use crate::scan;
 
 /// What to push.
@@ -356,7 +356,11 @@ async fn send_whole(
                 .put_blobs(move |send| {
                     for u in group {
                         if let Upload::Whole { hash, path, size } = u {
-                            frames::send_file(&root.join(&path), hash, size, level, send, &|n| progress.inc(n))?;
+                            let path = root.join(&path);
+                            let file = std::fs::File::open(&path)
+                                .map_err(|source| FrameError::Io { path: path.clone(), source })?;
+                            let what = (hash, size);
+                            frames::send_file(file, &path, what, (level, Check::Hash), send, &|n| progress.inc(n))?;
                         }
                     }
                     Ok(())

@@ -207,13 +207,21 @@ async fn corrupt_blobs_and_deltas_from_the_mirror_are_never_made_visible() {
     flip_byte(&blob_path(&store, &random_bytes(7, 300_000)), 10);
     let err =
         sync::pull(&mut connect(&mirror.url).await, &pull, &options(&t.path().join("state-dst"))).await.unwrap_err();
-    assert!(err.to_string().contains("is corrupt") && err.to_string().contains("blake3"), "{err}");
+    assert!(err.to_string().contains("corrupt") && err.to_string().contains("blake3"), "{err}");
     assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), v1, "the old content stays");
     assert!(!dst.join("new.bin").exists(), "a corrupt new file never appears");
 }
 
 fn frame(hash: &[u8], size: u64, base: &[u8], data: Vec<u8>, zstd: bool, last: bool) -> pb::BlobFrame {
-    pb::BlobFrame { hash: hash.to_vec(), size, delta_base: base.to_vec(), data, zstd, last }
+    pb::BlobFrame {
+        hash: hash.to_vec(),
+        size,
+        delta_base: base.to_vec(),
+        data: data.into(),
+        zstd,
+        last,
+        following: vec![],
+    }
 }
 
 async fn missing(client: &mut Raw, h: Hash) -> bool {
@@ -247,6 +255,17 @@ async fn corrupt_or_malformed_uploads_are_refused_and_nothing_is_stored() {
         ("garbage marked as zstd", vec![frame(h, 5, &[], b"not zstd at all".to_vec(), true, true)]),
         ("a stream that ends inside a blob", vec![frame(h, 10, &[], b"12345".to_vec(), false, false)]),
     ];
+    // Frames may follow a frame in its message, but only one level deep: an
+    // honest blob carrying frames of its own is refused, not stored.
+    let (first, second, third) = (b"first".to_vec(), b"second".to_vec(), b"third".to_vec());
+    let whole = |c: &Vec<u8>| frame(Hash::of(c).as_bytes(), c.len() as u64, &[], c.clone(), false, true);
+    let mut nested = whole(&second);
+    nested.following.push(whole(&third));
+    let mut outer = whole(&first);
+    outer.following.push(nested);
+    let err = client.put_blobs(futures::stream::iter([outer])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "nested following frames: {err:?}");
+    assert!(missing(&mut client, Hash::of(&second)).await && missing(&mut client, Hash::of(&third)).await);
     for (what, frames) in cases {
         let err = client.put_blobs(futures::stream::iter(frames)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
@@ -259,6 +278,47 @@ async fn corrupt_or_malformed_uploads_are_refused_and_nothing_is_stored() {
     assert!(missing(&mut client, claimed).await);
     let leftovers = std::fs::read_dir(store.join("tmp")).unwrap().count();
     assert_eq!(leftovers, 0, "no staging file is left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_blobs_share_messages_only_when_the_client_asks() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut contents: Vec<Vec<u8>> = (0..300).map(|i| random_bytes(100 + i, 10_000)).collect();
+    contents.push(random_bytes(99, 3 << 20)); // three frames of its own
+    for (i, c) in contents.iter().enumerate() {
+        write(&src, &format!("f{i}"), c);
+    }
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let push = PushRequest { root: src, key: "k".into(), profile: Profile::Generic };
+    sync::push(&mut connect(&mirror.url).await, &push, &options(&t.path().join("s"))).await.unwrap();
+    let mut client = raw(&mirror.url, Some("1")).await;
+    for batch in [false, true] {
+        let hashes = contents.iter().map(|c| Hash::of(c).as_bytes().to_vec()).collect();
+        let req = pb::GetBlobsRequest { hashes, compression_level: Some(0), batch };
+        let mut stream = client.get_blobs(req).await.unwrap().into_inner();
+        let (mut messages, mut got) = (0, Vec::<Vec<u8>>::new());
+        while let Some(mut message) = stream.message().await.unwrap() {
+            use prost::Message;
+            messages += 1;
+            assert!(message.encoded_len() <= (1 << 20) + 200, "a message holds at most about 1 MiB");
+            assert!(batch || message.following.is_empty(), "one frame per message unless asked");
+            let following = std::mem::take(&mut message.following);
+            for f in std::iter::once(message).chain(following) {
+                assert!(f.following.is_empty(), "one level only");
+                match f.hash.is_empty() {
+                    true => got.last_mut().unwrap().extend_from_slice(&f.data),
+                    false => got.push(f.data.to_vec()),
+                }
+            }
+        }
+        assert_eq!(got, contents, "every blob, whole and in order (batch: {batch})");
+        if batch {
+            assert!((4..=10).contains(&messages), "6 MiB in about 1 MiB messages, not {messages}");
+        } else {
+            assert_eq!(messages, 303, "one message per frame for a client that does not ask");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

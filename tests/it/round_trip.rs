@@ -189,7 +189,11 @@ async fn a_renamed_file_is_copied_locally_even_when_its_old_name_is_deleted() {
 /// Whether each frame of one blob, fetched raw with `level`, came compressed.
 async fn frames_compressed(url: &str, hash: cachesync::hash::Hash, level: Option<i32>) -> Vec<bool> {
     let mut raw = crate::hostile::raw(url, Some("1")).await;
-    let req = cachesync::rpc::pb::GetBlobsRequest { hashes: vec![hash.as_bytes().to_vec()], compression_level: level };
+    let req = cachesync::rpc::pb::GetBlobsRequest {
+        hashes: vec![hash.as_bytes().to_vec()],
+        compression_level: level,
+        batch: false,
+    };
     let mut stream = raw.get_blobs(req).await.unwrap().into_inner();
     let mut compressed = Vec::new();
     while let Some(frame) = stream.message().await.unwrap() {
