@@ -58,7 +58,8 @@ pub enum FrameError {
     Handler(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FrameError + '_ {
+/// Maps an I/O error on `path` to [`FrameError::Io`].
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FrameError + '_ {
     move |source| FrameError::Io { path: path.to_path_buf(), source }
 }
 

@@ -357,10 +357,9 @@ async fn send_whole(
                     for u in group {
                         if let Upload::Whole { hash, path, size } = u {
                             let path = root.join(&path);
-                            let file = std::fs::File::open(&path)
-                                .map_err(|source| FrameError::Io { path: path.clone(), source })?;
-                            let what = (hash, size);
-                            frames::send_file(file, &path, what, (level, Check::Hash), send, &|n| progress.inc(n))?;
+                            let file = std::fs::File::open(&path).map_err(frames::io_err(&path))?;
+                            let how = (level, Check::Hash);
+                            frames::send_file(file, &path, (hash, size), how, send, &|n| progress.inc(n))?;
                         }
                     }
                     Ok(())
