@@ -1,12 +1,17 @@
 //! Scanning a root: walk it, and build its [`Manifest`].
 //!
+//! The walk runs on rayon's pool, a task per directory, and looks at each
+//! entry relative to its directory's descriptor (no path walk per file).
 //! Files whose (size, mtime, inode) match the hash cache are not read; the
-//! others are hashed in parallel on rayon's pool (large ones on several cores).
+//! others are hashed in parallel on the same pool (large ones on several
+//! cores). The root is followed if it is a symlink; nothing under it is.
 //! Names that are not UTF-8, special files and symlinks that leave the root
-//! are skipped with a warning. This module reads; it never writes to the root.
+//! are skipped with a warning; entries that vanish during the walk are
+//! skipped. This module reads; it never writes to the root.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -59,8 +64,14 @@ struct Pending {
 pub fn scan(root: &Path, profile: Profile, cache: &mut HashCache) -> Result<Scan, ScanError> {
     let part = scan_part(root, "", true, profile, cache)?;
     let mut fresh = HashCache::default();
+    // Every digest a scan that hashed nothing keeps came from the cache: the
+    // same count means the same cache.
+    let same = !cache.changed() && part.hashed_files == 0 && part.fresh.len() == cache.len();
     for (path, key, hash) in part.fresh {
         fresh.insert(path, key, hash);
+    }
+    if same {
+        fresh.mark_saved();
     }
     *cache = fresh;
     let mut entries = part.entries;
@@ -100,7 +111,7 @@ pub(crate) fn scan_part(
     cache: &HashCache,
 ) -> Result<Part, ScanError> {
     let started = SystemTime::now();
-    let (mut entries, pending) = match walk(root, sub, recursive, profile) {
+    let Found { mut entries, pending } = match walk(root, sub, recursive, profile) {
         Err(ScanError::Io { source, .. }) if !sub.is_empty() && source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Part::default());
         }
@@ -128,34 +139,76 @@ pub(crate) fn scan_part(
     Ok(part)
 }
 
-fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<(Vec<Entry>, Vec<Pending>), ScanError> {
-    let (mut entries, mut pending) = (Vec::new(), Vec::new());
-    let start = if sub.is_empty() { root.to_path_buf() } else { root.join(sub) };
-    let min_depth = usize::from(sub.is_empty());
-    let max_depth = if recursive { usize::MAX } else { min_depth };
-    let walker = walkdir::WalkDir::new(start).follow_links(false).follow_root_links(false);
-    let walker = walker.min_depth(min_depth).max_depth(max_depth).into_iter();
-    let walker = walker.filter_entry(|e| match rel_path(root, e.path()) {
-        Some(rel) => rel.is_empty() || !profile.skips(&rel),
-        None => true,
-    });
-    for item in walker {
-        let item = item.map_err(|e| walk_error(root, e))?;
-        let Some(rel) = rel_path(root, item.path()) else {
+/// What a walk found: entries, and the files among them still to hash.
+#[derive(Default)]
+struct Found {
+    entries: Vec<Entry>,
+    pending: Vec<Pending>,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
+    move |source| ScanError::Io { path: path.to_path_buf(), source }
+}
+
+fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<Found, ScanError> {
+    let found = Mutex::new(Found::default());
+    if sub.is_empty() {
+        walk_dir(root, "", profile, &found)?;
+    } else if !profile.skips(sub) {
+        let path = root.join(sub);
+        let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        let mut here = Found::default();
+        describe(&path, sub.to_owned(), &meta, &mut here);
+        found.lock().expect("walk lock").append(here);
+        if recursive && meta.is_dir() {
+            walk_dir(&path, sub, profile, &found)?;
+        }
+    }
+    Ok(found.into_inner().expect("walk lock"))
+}
+
+impl Found {
+    fn append(&mut self, mut other: Found) {
+        self.entries.append(&mut other.entries);
+        self.pending.append(&mut other.pending);
+    }
+}
+
+/// Describes what `dir` (at `rel`) holds into `found`, then walks its
+/// subdirectories in parallel. A directory that vanished holds nothing.
+fn walk_dir(dir: &Path, rel: &str, profile: Profile, found: &Mutex<Found>) -> Result<(), ScanError> {
+    let items = match std::fs::read_dir(dir) {
+        Err(e) if !rel.is_empty() && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(io_at(dir))?,
+    };
+    let (mut here, mut subdirs) = (Found::default(), Vec::new());
+    for item in items {
+        let item = item.map_err(io_at(dir))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else {
             warn!(path = %item.path().display(), "skipping a name that is not UTF-8");
             continue;
         };
-        if rel.is_empty() {
+        let child = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
+        if profile.skips(&child) {
             continue;
         }
-        let meta = item.metadata().map_err(|e| walk_error(root, e))?;
-        describe(item.path(), rel, &meta, &mut entries, &mut pending);
+        let meta = match item.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_at(&item.path())(e)),
+        };
+        if meta.is_dir() {
+            subdirs.push((item.path(), child.clone()));
+        }
+        describe(&item.path(), child, &meta, &mut here);
     }
-    Ok((entries, pending))
+    found.lock().expect("walk lock").append(here);
+    subdirs.into_par_iter().try_for_each(|(path, rel)| walk_dir(&path, &rel, profile, found))
 }
 
 /// What one walked path is: an entry now, or a file to hash.
-fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, entries: &mut Vec<Entry>, pending: &mut Vec<Pending>) {
+fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, found: &mut Found) {
     let base = |content| Entry {
         path: rel.clone(),
         size: 0,
@@ -165,15 +218,15 @@ fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, entries: &mut Ve
     };
     let ft = meta.file_type();
     if ft.is_dir() {
-        entries.push(base(Content::Dir));
+        found.entries.push(base(Content::Dir));
     } else if ft.is_file() {
         let key = FileKey { size: meta.len(), mtime_ns: mtime_ns(meta), ino: meta.ino() };
         let mut entry = base(Content::File(Hash::from_bytes([0; 32])));
         entry.size = meta.len();
-        pending.push(Pending { entry, key });
+        found.pending.push(Pending { entry, key });
     } else if ft.is_symlink() {
         if let Some(entry) = symlink_entry(path, &rel, base(Content::Dir)) {
-            entries.push(entry);
+            found.entries.push(entry);
         }
     } else {
         debug!(path = %rel, "skipping a special file");
@@ -235,19 +288,6 @@ fn hash_pending(root: &Path, mut p: Pending, cache: &HashCache) -> Result<Option
     }
 }
 
-/// The root-relative, `/`-separated UTF-8 path of `path`.
-fn rel_path(root: &Path, path: &Path) -> Option<String> {
-    let rel = path.strip_prefix(root).ok()?;
-    let s = rel.to_str()?;
-    Some(s.to_string())
-}
-
-fn walk_error(root: &Path, e: walkdir::Error) -> ScanError {
-    let path = e.path().unwrap_or(root).to_path_buf();
-    let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
-    ScanError::Io { path, source }
-}
-
 /// Modification time in nanoseconds, saturating far outside 1678–2262.
 pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
@@ -283,6 +323,20 @@ mod tests {
         assert_eq!(paths, ["a", "a/b", "a/b/ü.txt", "a/ok", "empty"]);
         assert_eq!(s.manifest.get("a/b/ü.txt").unwrap().file_hash(), Some(Hash::of(b"hi")));
         assert_eq!(s.manifest.get("a/ok").unwrap().content, Content::Symlink("b/ü.txt".into()));
+    }
+
+    #[test]
+    fn a_root_that_is_a_symlink_is_followed_and_nothing_under_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("a/b")).unwrap();
+        std::fs::write(real.join("a/b/f"), b"f").unwrap();
+        symlink("a", real.join("l")).unwrap();
+        symlink(&real, dir.path().join("root")).unwrap();
+        let s = scan(&dir.path().join("root"), Profile::Generic, &mut HashCache::default()).unwrap();
+        let paths: Vec<_> = s.manifest.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a", "a/b", "a/b/f", "l"]);
+        assert_eq!(s.manifest.get("l").unwrap().content, Content::Symlink("a".into()));
     }
 
     #[test]

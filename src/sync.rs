@@ -277,6 +277,9 @@ fn save_base(state_dir: &Path, root: &Path, base: &Base) {
 }
 
 fn save_cache(cache: &HashCache, path: &Path) {
+    if !cache.changed() {
+        return;
+    }
     if let Err((path, e)) = cache.save(path) {
         tracing::warn!(path = %path.display(), error = %e, "could not save the hash cache; the next scan will hash again");
     }

@@ -29,6 +29,8 @@ pub struct FileKey {
 #[derive(Debug, Default)]
 pub struct HashCache {
     entries: HashMap<String, (FileKey, Hash)>,
+    /// Differs from the file it was loaded from (see [`HashCache::changed`]).
+    changed: bool,
 }
 
 impl HashCache {
@@ -53,7 +55,7 @@ impl HashCache {
             let hash = Hash::from_slice(d.take(Hash::LEN).ok()?).ok()?;
             entries.insert(path, (key, hash));
         }
-        Some(HashCache { entries })
+        Some(HashCache { entries, changed: false })
     }
 
     /// The cached digest of `path` if its key is unchanged.
@@ -67,6 +69,18 @@ impl HashCache {
     /// Records a digest.
     pub fn insert(&mut self, path: String, key: FileKey, hash: Hash) {
         self.entries.insert(path, (key, hash));
+        self.changed = true;
+    }
+
+    /// Whether anything was inserted since the cache was loaded (or since
+    /// [`HashCache::mark_saved`]): an unchanged cache needs no writing.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Declares the cache equal to what its file holds.
+    pub fn mark_saved(&mut self) {
+        self.changed = false;
     }
 
     /// Number of cached files.
