@@ -43,6 +43,22 @@ pub struct PullPlan {
     pub symlinks: Vec<usize>,
     /// Bytes that will come from the mirror (before delta savings).
     pub fetch_bytes: u64,
+    /// Some directory of the snapshot is missing or has another mode or mtime.
+    pub dirs_differ: bool,
+}
+
+impl PullPlan {
+    /// Nothing on disk needs to change.
+    pub fn is_idle(&self) -> bool {
+        let PullPlan { removals, metadata, local_copies, deltas, whole, symlinks, fetch_bytes: _, dirs_differ } = self;
+        removals.is_empty()
+            && metadata.is_empty()
+            && local_copies.is_empty()
+            && deltas.is_empty()
+            && whole.is_empty()
+            && symlinks.is_empty()
+            && !dirs_differ
+    }
 }
 
 /// A local entry that stands in the way of the snapshot and is not removed
@@ -107,7 +123,11 @@ pub fn plan_pull(
     for (i, e) in snapshot.entries().iter().enumerate() {
         let here = local.get(&e.path).filter(|l| kind(l) == kind(e));
         match &e.content {
-            Content::Dir => {}
+            Content::Dir => {
+                if here.is_none_or(|l| l.mode != e.mode || l.mtime_ns != e.mtime_ns) {
+                    plan.dirs_differ = true;
+                }
+            }
             Content::Symlink(_) => {
                 if here.is_none_or(|l| l.content != e.content || l.mtime_ns != e.mtime_ns) {
                     plan.symlinks.push(i);
@@ -302,6 +322,18 @@ mod tests {
         assert_eq!(plan.whole, vec![(Hash::of(b"n"), vec![4, 5])]);
         assert!(plan.removals.is_empty(), "nothing is deleted without --delete");
         assert_eq!(plan.fetch_bytes, 1005);
+    }
+
+    #[test]
+    fn a_pull_into_an_identical_root_is_idle_and_a_directory_mode_is_not() {
+        let snap = with_dirs(vec![f("a/b/file", b"x", 1), f("top", b"t", 1)]);
+        assert!(plan_pull(&snap, &snap, OPTS, true, &[]).unwrap().is_idle());
+        let mut entries = snap.entries().to_vec();
+        entries.iter_mut().find(|e| e.path == "a/b").unwrap().mode = 0o555;
+        let plan = plan_pull(&snap, &m(entries), OPTS, false, &[]).unwrap();
+        assert!(plan.dirs_differ && !plan.is_idle(), "{plan:?}");
+        let missing = m(snap.entries().iter().filter(|e| e.path != "top").cloned().collect());
+        assert!(!plan_pull(&snap, &missing, OPTS, false, &[]).unwrap().is_idle());
     }
 
     #[test]

@@ -128,7 +128,8 @@ async fn pull_inner(
     };
     // Everything that can refuse the pull happens before the first write.
     let cache_file = cache_path(&opts.state_dir, &req.root);
-    if let Pending::Rebooted { .. } = durability::pending(&opts.state_dir, &req.root) {
+    let rebooted = matches!(durability::pending(&opts.state_dir, &req.root), Pending::Rebooted { .. });
+    if rebooted {
         warn!(root = %req.root.display(), "an earlier pull may not have reached the disk before a restart; re-checking every file");
         let _ = std::fs::remove_file(&cache_file);
     }
@@ -137,7 +138,6 @@ async fn pull_inner(
     let mut plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
     let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
     let sync = opts.fsync || (writes && !durability::mark(&opts.state_dir, &req.root));
-    let tree = open_tree(req, opts).await?;
     let mut report = Report {
         key: snapshot.key.clone(),
         requested_key: req.key.clone(),
@@ -153,35 +153,23 @@ async fn pull_inner(
         missing,
         ..Report::default()
     };
-    let job = Job {
-        tree: Arc::new(tree),
-        manifest,
-        placed: Arc::default(),
-        progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
-    };
-    let refetch = job.prepare(&plan).await?;
-    // Over loopback compression only costs CPU: ask the mirror not to.
-    let level = client.wire_level(opts.compression_level);
-    // Whole blobs first: some are the bases of deltas (another version of a file).
-    let whole: Vec<_> = plan.whole.iter().cloned().chain(refetch).collect();
-    // Tree files come out of the zips this pull brings (or has), not over the wire.
-    let (whole, archives) = match opts.unpack.applies(client) {
-        true => unpack::split(profile, &job.manifest, whole, &mut plan.deltas),
-        false => (whole, Vec::new()),
-    };
-    report.blobs_whole = whole.len() as u64;
-    job.fetch_whole(client, whole, opts.streams, level).await?;
-    let (deltas, mut failed) = job.fetch_deltas(client, &plan).await;
-    report.blobs_delta = deltas;
-    // Last: a zip may have come as a delta (a new version against another).
-    let (unpacked, failed_unpacks) = job.unpack(archives).await;
-    report.blobs_unpacked = unpacked;
-    failed.extend(failed_unpacks);
-    report.blobs_whole += failed.len() as u64;
-    job.fetch_whole(client, failed, opts.streams, level).await?;
-    job.progress.finish();
-    job.finish(plan.symlinks, cache, cache_file, sync).await?;
-    if sync {
+    if plan.is_idle() {
+        // Nothing on disk changes: no staging directory, no directory touched.
+        tokio::task::spawn_blocking(move || save_cache(&cache, &cache_file)).await.expect("save task panicked");
+    } else {
+        let job = Job {
+            tree: Arc::new(open_tree(req, opts).await?),
+            manifest,
+            placed: Arc::default(),
+            progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
+        };
+        let symlinks = std::mem::take(&mut plan.symlinks);
+        job.apply(client, opts, profile, plan, &mut report).await?;
+        job.finish(symlinks, cache, cache_file, sync).await?;
+    }
+    // After a restart this pull read every file again: finding nothing to
+    // repair, it knows the tree is on disk.
+    if sync || (rebooted && !writes) {
         durability::clear(&opts.state_dir, &req.root);
     }
     if via != Via::Held {
@@ -262,6 +250,40 @@ struct Job {
 }
 
 impl Job {
+    /// Writes what `plan` asks (but its symlinks, placed by
+    /// [`Job::finish`]): local copies, whole blobs, deltas, unpacked zips.
+    async fn apply(
+        &self,
+        client: &mut Client,
+        opts: &SyncOptions,
+        profile: Profile,
+        mut plan: PullPlan,
+        report: &mut Report,
+    ) -> Result<(), SyncError> {
+        let refetch = self.prepare(&plan).await?;
+        // Over loopback compression only costs CPU: ask the mirror not to.
+        let level = client.wire_level(opts.compression_level);
+        // Whole blobs first: some are the bases of deltas (another version of a file).
+        let whole: Vec<_> = plan.whole.iter().cloned().chain(refetch).collect();
+        // Tree files come out of the zips this pull brings (or has), not over the wire.
+        let (whole, archives) = match opts.unpack.applies(client) {
+            true => unpack::split(profile, &self.manifest, whole, &mut plan.deltas),
+            false => (whole, Vec::new()),
+        };
+        report.blobs_whole = whole.len() as u64;
+        self.fetch_whole(client, whole, opts.streams, level).await?;
+        let (deltas, mut failed) = self.fetch_deltas(client, &plan).await;
+        report.blobs_delta = deltas;
+        // Last: a zip may have come as a delta (a new version against another).
+        let (unpacked, failed_unpacks) = self.unpack(archives).await;
+        report.blobs_unpacked = unpacked;
+        failed.extend(failed_unpacks);
+        report.blobs_whole += failed.len() as u64;
+        self.fetch_whole(client, failed, opts.streams, level).await?;
+        self.progress.finish();
+        Ok(())
+    }
+
     /// Local copies (staged first: a source may be removed or replaced),
     /// removals (with `--delete`), directories, metadata fixes. Returns the
     /// copies whose source no longer had the content the scan saw: those are

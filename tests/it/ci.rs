@@ -203,6 +203,16 @@ async fn a_restore_cut_short_by_a_restart_is_rechecked_before_anything_is_pushed
     assert_eq!(std::fs::read(&zip).unwrap(), data);
     push_tree(&mirror.url, &dst2, "ci/durable", &state).await;
     assert_eq!(resolve_generation(&mirror.url, "ci/durable").await, 1, "the repaired tree is the snapshot");
+
+    // The usual case: nothing was lost. The pull after the restart reads
+    // every file, repairs nothing, and the push that follows goes through.
+    let dst3 = t.path().join("dst3");
+    pull(dst3.clone()).await.unwrap();
+    assert_eq!(pretend_the_machine_restarted(&state), 1);
+    let report = pull(dst3.clone()).await.unwrap();
+    assert!(report.unchanged && report.files_hashed == 2, "{report:?}");
+    assert!(std::fs::read_dir(state.join("unsynced")).unwrap().next().is_none(), "the re-check dropped the marker");
+    push_tree(&mirror.url, &dst3, "ci/durable", &state).await;
     unlock(t.path());
 }
 

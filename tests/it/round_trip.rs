@@ -35,6 +35,12 @@ async fn pull_reproduces_the_pushed_tree_exactly() {
     let t = tempfile::tempdir().unwrap();
     let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
     cache_like_tree(&src);
+    // Files changed in the last two seconds are never trusted to the hash cache.
+    for e in walkdir::WalkDir::new(&src).into_iter().map(Result::unwrap).filter(|e| e.file_type().is_file()) {
+        if e.metadata().unwrap().modified().unwrap().elapsed().is_ok_and(|age| age.as_secs() < 60) {
+            set_mtime(e.path(), 1_600_000_000, 0);
+        }
+    }
     let mirror = spawn_mirror(&t.path().join("store")).await;
     let mut client = connect(&mirror.url).await;
     let opts = options(&state);
@@ -59,11 +65,27 @@ async fn pull_reproduces_the_pushed_tree_exactly() {
     let again = sync::push(&mut client, &push, &opts).await.unwrap();
     assert!(again.unchanged);
     assert_eq!(again.generation, 1);
+    // ... and changes nothing on disk: no directory of the root, no hash cache.
+    let before = (change_times(&dst), change_times(&state.join("hashcache")));
+    std::thread::sleep(std::time::Duration::from_millis(50)); // past the clock tick of ctime
     let mut client = connect(&mirror.url).await;
     let repull = sync::pull(&mut client, &pull, &opts).await.unwrap();
     assert!(repull.bytes_received < 64 << 10, "received {}", repull.bytes_received);
+    assert!(repull.unchanged && repull.files_hashed == 0, "{repull:?}");
     assert_same_tree(&src, &dst);
+    assert_eq!(before, (change_times(&dst), change_times(&state.join("hashcache"))), "a no-op pull wrote");
     unlock(t.path());
+}
+
+/// The status-change time of every directory and file under `root` (and of `root`).
+fn change_times(root: &std::path::Path) -> Vec<(std::path::PathBuf, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let all = walkdir::WalkDir::new(root).follow_links(false).into_iter().map(|e| e.unwrap());
+    let stat = |e: walkdir::DirEntry| {
+        let m = e.metadata().unwrap();
+        (e.into_path(), m.ctime(), m.ctime_nsec())
+    };
+    all.filter(|e| !e.file_type().is_symlink()).map(stat).collect()
 }
 
 /// The record of a root's last push skips a second push of the same tree to
