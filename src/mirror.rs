@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 
 use std::path::Path;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -196,13 +195,15 @@ impl Mirror {
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
+        // The builder's tcp_nodelay applies only to listeners it binds itself:
+        // without it here, every small answer waited for a delayed ACK (40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         builder
-            .tcp_nodelay(true)
             .initial_stream_window_size(crate::rpc::STREAM_WINDOW)
             .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW)
             .max_frame_size(crate::rpc::MAX_FRAME)
             .add_service(self.service.into_server(self.auth))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled())
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await?;
         reloader.abort();
         if let Some(replicator) = replicator {

@@ -248,3 +248,46 @@ async fn nothing_is_compressed_over_loopback() {
         assert!(!frames.is_empty() && frames.iter().all(|z| *z == expect), "level {level:?}: {frames:?}");
     }
 }
+
+/// Small answers (resolve, manifest diffs) are not held back by Nagle's
+/// algorithm waiting for a delayed ACK: the mirror's accepted sockets, found
+/// among this process's descriptors, have TCP_NODELAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_answers_on_sockets_without_nagle() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let port: u16 = mirror.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut client = connect(&mirror.url).await;
+    assert_eq!(client.resolve("nothing/here", &[]).await.unwrap(), None);
+    let mut accepted = Vec::new();
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = fd.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Some(nodelay) = accepted_tcp_nodelay(fd, port) {
+            accepted.push(nodelay);
+        }
+    }
+    assert!(!accepted.is_empty(), "no accepted socket on port {port}");
+    assert!(accepted.iter().all(|on| *on), "TCP_NODELAY per accepted socket: {accepted:?}");
+}
+
+/// TCP_NODELAY of `fd` if it is a connected socket whose local port is `port`.
+fn accepted_tcp_nodelay(fd: i32, port: u16) -> Option<bool> {
+    // SAFETY: sockaddr_in is plain data; the calls only write within the sizes given.
+    unsafe {
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = libc::getsockname(fd, (&raw mut addr).cast(), &raw mut len);
+        if local != 0 || i32::from(addr.sin_family) != libc::AF_INET || u16::from_be(addr.sin_port) != port {
+            return None;
+        }
+        let mut peer: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::getpeername(fd, (&raw mut peer).cast(), &raw mut len) != 0 {
+            return None; // the listener
+        }
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let rc = libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw mut on).cast(), &raw mut len);
+        (rc == 0).then_some(on != 0)
+    }
+}
