@@ -233,3 +233,58 @@ fn strong_hashes_grow_with_the_file_and_stay_bounded() {
     assert_eq!([size(0), size(1 << 20), size(256 << 20), size(1 << 30), size(1 << 40)], [3, 3, 4, 5, 6]);
     assert_eq!(crypto_hash_size_for(u64::MAX, 1), CRYPTO_HASH_SIZE);
 }
+
+#[test]
+fn blocks_edited_in_place_cost_their_blocks_and_no_more() {
+    let base = noise(3_000_000, 21); // not a whole number of blocks
+    let b = block_size_for(base.len() as u64) as usize;
+    let mut new = base.clone();
+    for at in [0, 5 * b + 100, 40 * b, 41 * b - 10, base.len() - 50] {
+        new[at..at + 10].copy_from_slice(&noise(10, at as u64));
+    }
+    let whole = signature(&base);
+    // Chunks of whole blocks, and one chunk for all.
+    for chunk in [8 * b, 8 * b + 1, 1 << 22] {
+        let mut delta = Vec::new();
+        diff_in_chunks(&whole, &new, &mut delta, chunk).unwrap();
+        let (result, out) = rebuild(&base, &delta, &new);
+        result.unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+        assert!(out == new, "chunk {chunk}");
+        // Six blocks are touched (one edit straddles two), and the short last one.
+        assert!(delta.len() < 8 * b, "chunk {chunk}: {} bytes for blocks of {b}", delta.len());
+    }
+    // A shift defeats the in-place comparison; the rolling search still finds the rest.
+    let mut shifted = base.clone();
+    shifted.splice(10 * b + 7..10 * b + 7, noise(333, 22));
+    let delta = delta_of(&base, &shifted);
+    let (result, out) = rebuild(&base, &delta, &shifted);
+    result.unwrap();
+    assert!(out == shifted);
+    assert!(delta.len() < 4 * b, "{} bytes", delta.len());
+}
+
+/// A base of any length that reads as zeros.
+struct Zeros(u64);
+
+impl apply::ReadAt for Zeros {
+    fn len(&self) -> u64 {
+        self.0
+    }
+    fn read_exact_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+}
+
+#[test]
+fn copy_commands_take_the_narrowest_widths_the_decoder_reads() {
+    for (offset, len, command) in [(0, 1, 0x45), (255, 256, 0x46), (65_536, 70_000, 0x4f), (5 << 30, 3, 0x51)] {
+        let mut delta = DELTA_MAGIC.to_vec();
+        copy_command(&mut delta, offset, len);
+        assert_eq!(delta[4], command, "copy of {len} at {offset}");
+        delta.push(0);
+        let mut out = Vec::new();
+        let written = apply::apply(&Zeros(6 << 30), &delta[..], &mut out, len).unwrap();
+        assert_eq!((written, out.len() as u64), (len, len), "copy of {len} at {offset}");
+    }
+}
