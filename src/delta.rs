@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use fast_rsync::{DiffError, Signature, SignatureOptions};
 use rayon::prelude::*;
 
-use crate::hash::{Hash, Hasher, HashingWriter};
+use crate::hash::{Check, Hash, Hasher, HashingWriter};
 
 /// Largest serialized signature we produce or accept (it travels in one message).
 pub const MAX_SIGNATURE_BYTES: usize = 1 << 20;
@@ -326,8 +326,9 @@ impl Chunks {
 
 /// Writes to `out` a delta that turns the base described by `signature` into
 /// the file at `path`, which must be `expected_size` bytes hashing to
-/// `expected`. The file is read and diffed in bounded chunks; the delta is
-/// complete only if the content matched (the end command is written last).
+/// `expected` (with [`Check::Hash`], checked as it is read). The file is
+/// read and diffed in bounded chunks; the delta is complete only if the
+/// content matched (the end command is written last).
 ///
 /// # Errors
 ///
@@ -335,8 +336,8 @@ impl Chunks {
 pub fn diff_file(
     signature: &[u8],
     path: &Path,
-    expected: Hash,
-    expected_size: u64,
+    (expected, expected_size): (Hash, u64),
+    check: Check,
     out: impl Write,
 ) -> Result<(), DeltaError> {
     let mut file = File::open(path).map_err(io_error(path))?;
@@ -358,7 +359,7 @@ pub fn diff_file(
     };
     while let Some(group) = chunks.read(&mut file).map_err(read_error)? {
         // The file's hash runs beside the diffs, in order.
-        let hash = || group.iter().for_each(|c| hasher.update(c));
+        let hash = || group.iter().filter(|_| check == Check::Hash).for_each(|c| hasher.update(c));
         let diffs = || group.par_iter().enumerate().map(|(i, c)| base.diff(at + (i * per) as u64, c)).collect();
         let (_, deltas): (_, Vec<_>) = rayon::join(hash, diffs);
         for delta in deltas {
@@ -366,7 +367,7 @@ pub fn diff_file(
         }
         at += group.iter().map(|c| c.len() as u64).sum::<u64>();
     }
-    if hasher.finalize() != expected {
+    if check == Check::Hash && hasher.finalize() != expected {
         return Err(changed());
     }
     splice.end()

@@ -78,6 +78,18 @@ impl fmt::Debug for Hash {
 #[error("not a blake3 hash (expected 32 bytes / 64 hex digits)")]
 pub struct BadHash;
 
+/// Whether a file that is sent (or diffed) is hashed again as it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// A file of a live tree, which may have changed since it was hashed:
+    /// refuse to send it under a hash it no longer has.
+    Hash,
+    /// An immutable blob of a store, verified when it was stored. The
+    /// receiver verifies every byte that lands, so hashing it again on the
+    /// way out would only double the work.
+    Trust,
+}
+
 /// Incremental hashing of a stream of bytes.
 #[derive(Default, Clone)]
 pub struct Hasher(blake3::Hasher);

@@ -219,11 +219,16 @@ fn diff_file_checks_the_content_it_diffs() {
     fs::write(&new_path, &new).unwrap();
     let sig = signature_file(&base_path).unwrap();
     let mut delta = Vec::new();
-    diff_file(&sig, &new_path, Hash::of(&new), new.len() as u64, &mut delta).unwrap();
+    let len = new.len() as u64;
+    diff_file(&sig, &new_path, (Hash::of(&new), len), Check::Hash, &mut delta).unwrap();
     rebuild(&base, &delta, &new).0.unwrap();
-    let stale = diff_file(&sig, &new_path, Hash::of(&base), new.len() as u64, io::sink());
+    let stale = diff_file(&sig, &new_path, (Hash::of(&base), len), Check::Hash, io::sink());
     assert!(matches!(stale, Err(DeltaError::Changed { .. })), "{stale:?}");
-    let resized = diff_file(&sig, &new_path, Hash::of(&new), 5, io::sink());
+    let resized = diff_file(&sig, &new_path, (Hash::of(&new), 5), Check::Hash, io::sink());
+    assert!(matches!(resized, Err(DeltaError::Changed { .. })));
+    // A stored blob is trusted as it is read: only its size is checked.
+    diff_file(&sig, &new_path, (Hash::of(&base), len), Check::Trust, io::sink()).unwrap();
+    let resized = diff_file(&sig, &new_path, (Hash::of(&new), 5), Check::Trust, io::sink());
     assert!(matches!(resized, Err(DeltaError::Changed { .. })));
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::MAX_CHUNK;
 use super::pb;
+pub(crate) use crate::hash::Check;
 use crate::hash::{Hash, Hasher};
 
 /// Why a blob stream failed.
@@ -146,18 +147,6 @@ impl Batcher {
         self.len = 0;
         self.message.take()
     }
-}
-
-/// Whether [`send_file`] hashes what it reads before the last frame goes out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Check {
-    /// A file of a live tree, which may have changed since it was hashed:
-    /// refuse to send it under a hash it no longer has.
-    Hash,
-    /// An immutable blob of a store, verified when it was stored. The
-    /// receiver verifies every byte that lands, so hashing it again on the
-    /// way out would only double the work.
-    Trust,
 }
 
 /// Sends `file` (read from `path`) as blob `hash` of `size` bytes.

@@ -363,7 +363,7 @@ impl CacheSync for MirrorService {
                 let size = std::fs::metadata(&file.path).map_err(|e| ServerError::BadRequest(e.to_string()))?.len();
                 let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
                 let mut writer = frames::DeltaWriter::new(h, size, Hash::from_bytes([0; 32]), level, &mut send);
-                match delta::diff_file(&req.signature, &file.path, h, size, &mut writer) {
+                match delta::diff_file(&req.signature, &file.path, (h, size), frames::Check::Trust, &mut writer) {
                     Err(_) if writer.is_gone() => Ok(()), // the client hung up
                     Err(delta::DeltaError::Changed { .. }) => Err(ServerError::Corrupt(h)),
                     Err(e) => Err(e.into()),

@@ -329,7 +329,7 @@ async fn send_delta(
     let rejected = client
         .put_blobs(move |send| {
             let mut writer = DeltaWriter::new(hash, size, base, level, send);
-            match delta::diff_file(&signature, &path, hash, size, &mut writer) {
+            match delta::diff_file(&signature, &path, (hash, size), Check::Hash, &mut writer) {
                 Ok(()) => writer.finish(),
                 Err(_) if writer.is_gone() => Err(FrameError::Gone),
                 Err(delta::DeltaError::Changed { path }) => Err(FrameError::Changed { path }),
