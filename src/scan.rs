@@ -153,7 +153,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
 fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<Found, ScanError> {
     let found = Mutex::new(Found::default());
     if sub.is_empty() {
-        walk_dir(root, "", profile, &found)?;
+        walk_tree(root, "", profile, &found)?;
     } else if !profile.skips(sub) {
         let path = root.join(sub);
         let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
@@ -161,7 +161,7 @@ fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<Fou
         describe(&path, sub.to_owned(), &meta, &mut here);
         found.lock().expect("walk lock").append(here);
         if recursive && meta.is_dir() {
-            walk_dir(&path, sub, profile, &found)?;
+            walk_tree(&path, sub, profile, &found)?;
         }
     }
     Ok(found.into_inner().expect("walk lock"))
@@ -174,14 +174,47 @@ impl Found {
     }
 }
 
-/// Describes what `dir` (at `rel`) holds into `found`, then walks its
-/// subdirectories in parallel. A directory that vanished holds nothing.
-fn walk_dir(dir: &Path, rel: &str, profile: Profile, found: &Mutex<Found>) -> Result<(), ScanError> {
+/// Walks everything under `dir` (at `rel`) into `found`: a rayon task per
+/// directory, queued rather than nested, so that no depth of tree grows the
+/// stack. The first error stops the walk.
+fn walk_tree(dir: &Path, rel: &str, profile: Profile, found: &Mutex<Found>) -> Result<(), ScanError> {
+    let failed = Mutex::new(None);
+    rayon::scope(|s| walk_dir(s, dir.to_path_buf(), rel.to_owned(), profile, found, &failed));
+    failed.into_inner().expect("walk lock").map_or(Ok(()), Err)
+}
+
+fn walk_dir<'s>(
+    s: &rayon::Scope<'s>,
+    dir: PathBuf,
+    rel: String,
+    profile: Profile,
+    found: &'s Mutex<Found>,
+    failed: &'s Mutex<Option<ScanError>>,
+) {
+    if failed.lock().expect("walk lock").is_some() {
+        return;
+    }
+    match read_dir(&dir, &rel, profile) {
+        Ok((here, subdirs)) => {
+            found.lock().expect("walk lock").append(here);
+            for (dir, rel) in subdirs {
+                s.spawn(move |s| walk_dir(s, dir, rel, profile, found, failed));
+            }
+        }
+        Err(e) => {
+            failed.lock().expect("walk lock").get_or_insert(e);
+        }
+    }
+}
+
+/// What `dir` (at `rel`) holds, and its subdirectories. A directory that
+/// vanished holds nothing.
+fn read_dir(dir: &Path, rel: &str, profile: Profile) -> Result<(Found, Vec<(PathBuf, String)>), ScanError> {
+    let (mut here, mut subdirs) = (Found::default(), Vec::new());
     let items = match std::fs::read_dir(dir) {
-        Err(e) if !rel.is_empty() && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if !rel.is_empty() && e.kind() == std::io::ErrorKind::NotFound => return Ok((here, subdirs)),
         other => other.map_err(io_at(dir))?,
     };
-    let (mut here, mut subdirs) = (Found::default(), Vec::new());
     for item in items {
         let item = item.map_err(io_at(dir))?;
         let name = item.file_name();
@@ -203,8 +236,7 @@ fn walk_dir(dir: &Path, rel: &str, profile: Profile, found: &Mutex<Found>) -> Re
         }
         describe(&item.path(), child, &meta, &mut here);
     }
-    found.lock().expect("walk lock").append(here);
-    subdirs.into_par_iter().try_for_each(|(path, rel)| walk_dir(&path, &rel, profile, found))
+    Ok((here, subdirs))
 }
 
 /// What one walked path is: an entry now, or a file to hash.
@@ -337,6 +369,17 @@ mod tests {
         let paths: Vec<_> = s.manifest.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["a", "a/b", "a/b/f", "l"]);
         assert_eq!(s.manifest.get("l").unwrap().content, Content::Symlink("a".into()));
+    }
+
+    #[test]
+    fn a_tree_as_deep_as_paths_allow_is_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("r").join(["d"; 1800].join("/"));
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"bottom").unwrap();
+        let s = scan(&dir.path().join("r"), Profile::Generic, &mut HashCache::default()).unwrap();
+        assert_eq!(s.manifest.entries().len(), 1801);
+        assert_eq!(s.manifest.file_count(), 1);
     }
 
     #[test]
