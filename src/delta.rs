@@ -7,8 +7,9 @@
 //! collide and deltas arrive from the network, so a result is only trusted
 //! once verified. Memory stays bounded whatever the file sizes: signatures and
 //! diffs are computed over chunks read from disk, [`PARALLEL_CHUNKS`] at a
-//! time on rayon's pool, and deltas are applied as a stream ([`apply`]). It does not decide whether a delta is worth sending,
-//! move bytes over the network or rename results into place.
+//! time on rayon's pool, and deltas are applied as a stream ([`apply`]). It
+//! does not decide whether a delta is worth sending, move bytes over the
+//! network or rename results into place.
 
 mod apply;
 
