@@ -151,20 +151,19 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
 }
 
 fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<Found, ScanError> {
-    let found = Mutex::new(Found::default());
     if sub.is_empty() {
-        walk_tree(root, "", profile, &found)?;
-    } else if !profile.skips(sub) {
+        return walk_tree(root, "", profile);
+    }
+    let mut found = Found::default();
+    if !profile.skips(sub) {
         let path = root.join(sub);
         let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
-        let mut here = Found::default();
-        describe(&path, sub.to_owned(), &meta, &mut here);
-        found.lock().expect("walk lock").append(here);
+        describe(&path, sub.to_owned(), &meta, &mut found);
         if recursive && meta.is_dir() {
-            walk_tree(&path, sub, profile, &found)?;
+            found.append(walk_tree(&path, sub, profile)?);
         }
     }
-    Ok(found.into_inner().expect("walk lock"))
+    Ok(found)
 }
 
 impl Found {
@@ -174,13 +173,16 @@ impl Found {
     }
 }
 
-/// Walks everything under `dir` (at `rel`) into `found`: a rayon task per
+/// Walks everything under `dir` (at `rel`): a rayon task per
 /// directory, queued rather than nested, so that no depth of tree grows the
 /// stack. The first error stops the walk.
-fn walk_tree(dir: &Path, rel: &str, profile: Profile, found: &Mutex<Found>) -> Result<(), ScanError> {
-    let failed = Mutex::new(None);
-    rayon::scope(|s| walk_dir(s, dir.to_path_buf(), rel.to_owned(), profile, found, &failed));
-    failed.into_inner().expect("walk lock").map_or(Ok(()), Err)
+fn walk_tree(dir: &Path, rel: &str, profile: Profile) -> Result<Found, ScanError> {
+    let (found, failed) = (Mutex::new(Found::default()), Mutex::new(None));
+    rayon::scope(|s| walk_dir(s, dir.to_path_buf(), rel.to_owned(), profile, &found, &failed));
+    match failed.into_inner().expect("walk lock") {
+        Some(e) => Err(e),
+        None => Ok(found.into_inner().expect("walk lock")),
+    }
 }
 
 fn walk_dir<'s>(
