@@ -1,5 +1,5 @@
 //! Small Linux file-system helpers shared by the store and the tree writer:
-//! `syncfs`, unnamed files (`O_TMPFILE`) and the boot id.
+//! `syncfs`, unnamed files (`O_TMPFILE`), replacing by exchange and the boot id.
 
 use std::io;
 use std::path::Path;
@@ -87,9 +87,75 @@ pub fn link_unnamed(file: &std::fs::File, dest: &Path) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Puts the file at `from` in place of `to`, atomically, as `rename(2)`
+/// does. When `to` exists the two names are swapped (`RENAME_EXCHANGE`) and
+/// the old file, now at `from`, is unlinked: ext4 writes back a file renamed
+/// over another before the rename returns (`auto_da_alloc`, 0.2 s for
+/// 256 MiB), and it does not for an exchange.
+///
+/// # Errors
+///
+/// The I/O error of the rename; `from` then still holds the new file.
+pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        // The new file is in place; an old one left behind goes with the staging directory.
+        let _ = std::fs::remove_file(from);
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // `to` is missing, or the file system cannot exchange: a plain rename.
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => std::fs::rename(from, to),
+        _ => Err(e),
+    }
+}
+
 /// This boot's identity (`/proc/sys/kernel/random/boot_id`): a different one
 /// means the machine restarted, and whatever the page cache held may be lost.
 pub fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(id.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_puts_the_new_file_in_place_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, dest, other) = (dir.path().join("new"), dir.path().join("dest"), dir.path().join("other"));
+        std::fs::write(&dest, b"old").unwrap();
+        std::fs::hard_link(&dest, &other).unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        replace(&new, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert!(!new.exists(), "the old file, swapped to the new one's name, is gone");
+        assert_eq!(std::fs::read(&other).unwrap(), b"old", "another name of the old file keeps it");
+
+        std::fs::write(&new, b"newer").unwrap();
+        let fresh = dir.path().join("fresh");
+        replace(&new, &fresh).unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"newer");
+        assert!(!new.exists());
+
+        let missing = dir.path().join("missing");
+        let e = replace(&missing, &dest).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new", "a failed replace leaves the destination alone");
+    }
 }

@@ -168,7 +168,7 @@ impl Tree {
                 let staged = self.staging.join(format!("u{}", self.counter.fetch_add(1, Ordering::Relaxed)));
                 fsutil::link_unnamed(file, &staged).map_err(at(&staged))?;
                 self.clear_for(&dest, true)?;
-                fs::rename(&staged, &dest).map_err(at(&dest))?;
+                fsutil::replace(&staged, &dest).map_err(at(&dest))?;
             }
             other => other.map_err(at(&dest))?,
         }
@@ -219,7 +219,7 @@ impl Tree {
         set_mode_and_mtime(staged, entry)?;
         let dest = self.path(&entry.path);
         self.clear_for(&dest, true)?;
-        fs::rename(staged, &dest).map_err(at(&dest))
+        fsutil::replace(staged, &dest).map_err(at(&dest))
     }
 
     /// Copies a local file into staging (to be placed later), checking on
