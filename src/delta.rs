@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use fast_rsync::{DiffError, Signature, SignatureOptions};
 use rayon::prelude::*;
 
+use crate::fsutil;
 use crate::hash::{Check, Hash, Hasher, HashingWriter};
 
 /// Largest serialized signature we produce or accept (it travels in one message).
@@ -464,8 +465,9 @@ fn verified<B: apply::ReadAt + ?Sized>(
 
 /// Rebuilds a file for a receiver: applies the delta at `delta_path` to the
 /// file at `base_path` as a stream, writing a new file at `out_path` (which
-/// must not exist), verified against `expected`, synced to disk when `fsync`
-/// is true. Syncing its directory and renaming it into place is the caller's job.
+/// must not exist), verified against `expected`. With `writeback`, the disk
+/// starts writing it as it is written (for a store that syncs at commit; see
+/// [`fsutil::Writeback`]). Syncing and renaming it into place is the caller's job.
 ///
 /// # Errors
 ///
@@ -478,16 +480,16 @@ pub fn apply_files(
     out_path: &Path,
     expected: Hash,
     expected_size: u64,
-    fsync: bool,
+    writeback: bool,
 ) -> Result<(), DeltaError> {
     let file = File::open(base_path).map_err(io_error(base_path))?;
     let len = file.metadata().map_err(io_error(base_path))?.len();
     let base = apply::BaseFile { file, len };
     let delta = BufReader::with_capacity(256 << 10, File::open(delta_path).map_err(io_error(delta_path))?);
     let out = File::create_new(out_path).map_err(io_error(out_path))?;
-    let mut writer = BufWriter::with_capacity(256 << 10, out);
+    let mut writer = BufWriter::with_capacity(256 << 10, fsutil::WritingBack::new(out, writeback));
     let written = verified(&base, delta, expected, expected_size, &mut writer)
-        .and_then(|()| finish_file(writer, fsync, out_path))
+        .and_then(|()| writer.into_inner().map(|w| drop(w.finish())).map_err(|e| io_error(out_path)(e.into_error())))
         .map_err(|e| match e {
             DeltaError::Io { path, source } if path == Path::new(OUTPUT) => io_error(out_path)(source),
             DeltaError::Io { path, source } if path == Path::new("<delta base>") => io_error(base_path)(source),
@@ -499,15 +501,6 @@ pub fn apply_files(
         let _ = fs::remove_file(out_path);
     }
     written
-}
-
-/// Flushes `writer` and, when `fsync` is true, syncs its file to disk.
-fn finish_file(writer: BufWriter<File>, fsync: bool, path: &Path) -> Result<(), DeltaError> {
-    let file = writer.into_inner().map_err(|e| io_error(path)(e.into_error()))?;
-    if fsync {
-        file.sync_all().map_err(io_error(path))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ async fn copy_snapshot(
 async fn fetch_blobs(client: &mut Client, store: &Store, batch: &[Hash], max: u64) -> Result<(), ReplicateError> {
     let staging = store.clone();
     let new_file = move |_: &Hash| staging.staging_file().map(NewFile::named).map_err(std::io::Error::other);
-    let receiver = FrameReceiver::new(Box::new(new_file), max);
+    let receiver = FrameReceiver::new(Box::new(new_file), max).writing_back(store.syncs_staged_files());
     let store = store.clone();
     let publish = move |incoming: Incoming| {
         if incoming.delta_base.is_some() {

@@ -270,6 +270,12 @@ impl Store {
         Ok((found.into_iter().filter(|(_, size)| size.is_none()).map(|(h, _)| h).collect(), present))
     }
 
+    /// Whether blobs are made durable by [`Store::sync`] (a local store):
+    /// writers of staging files then start their writeback early.
+    pub fn syncs_staged_files(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// A new, empty staging file for an incoming blob.
     ///
     /// # Errors

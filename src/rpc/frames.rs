@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::MAX_CHUNK;
 use super::pb;
+use crate::fsutil;
 pub(crate) use crate::hash::Check;
 use crate::hash::{Hash, Hasher};
 
@@ -308,6 +309,7 @@ struct Current {
     written: u64,
     limit: u64,
     complete: bool,
+    writeback: Option<fsutil::Writeback>,
 }
 
 impl Drop for Current {
@@ -328,6 +330,8 @@ pub(crate) struct FrameReceiver {
     current: Option<Current>,
     /// Largest blob accepted.
     max_size: u64,
+    /// Whether to start each file's writeback as it is written (see [`fsutil::Writeback`]).
+    writing_back: bool,
 }
 
 /// Most bytes a delta for a `size`-byte blob may take (literals plus framing).
@@ -337,7 +341,13 @@ fn max_delta_len(size: u64) -> u64 {
 
 impl FrameReceiver {
     pub(crate) fn new(staging: Staging, max_size: u64) -> Self {
-        FrameReceiver { staging, current: None, max_size }
+        FrameReceiver { staging, current: None, max_size, writing_back: false }
+    }
+
+    /// With `on`, starts each file's writeback as it is written: for a
+    /// store that makes what it received durable with one `syncfs` at commit.
+    pub(crate) fn writing_back(self, on: bool) -> Self {
+        FrameReceiver { writing_back: on, ..self }
     }
 
     /// Takes one frame; returns the blob it completed, if any.
@@ -364,7 +374,11 @@ impl FrameReceiver {
         cur.written += data.len() as u64;
         cur.hasher.update(&data);
         let path = &cur.incoming.staged;
-        cur.file.as_mut().expect("open until complete").write_all(&data).map_err(io_err(path))?;
+        let file = cur.file.as_mut().expect("open until complete");
+        file.write_all(&data).map_err(io_err(path))?;
+        if let Some(wb) = &mut cur.writeback {
+            wb.wrote(file, data.len());
+        }
         for copy in &mut cur.copies {
             copy.write_all(&data).map_err(io_err(path))?;
         }
@@ -373,6 +387,9 @@ impl FrameReceiver {
         }
         let mut cur = self.current.take().expect("present");
         let file = cur.file.take().expect("open until complete");
+        if let Some(wb) = &mut cur.writeback {
+            wb.finish(&file);
+        }
         if cur.incoming.delta_base.is_none() {
             let actual = cur.hasher.finalize();
             if actual != cur.incoming.hash || cur.written != cur.incoming.size {
@@ -423,6 +440,7 @@ impl FrameReceiver {
             written: 0,
             limit,
             complete: false,
+            writeback: self.writing_back.then(fsutil::Writeback::default),
         });
         Ok(())
     }

@@ -154,8 +154,15 @@ impl MirrorService {
         let out = store.staging_file().map_err(handler)?.0;
         let _ = std::fs::remove_file(&out);
         let applied = base_file.map_err(handler).and_then(|base_file| {
-            delta::apply_files(&base_file.path, &incoming.staged, &out, incoming.hash, incoming.size, false)
-                .map_err(|e| FrameError::Handler(e.to_string()))
+            delta::apply_files(
+                &base_file.path,
+                &incoming.staged,
+                &out,
+                incoming.hash,
+                incoming.size,
+                store.syncs_staged_files(),
+            )
+            .map_err(|e| FrameError::Handler(e.to_string()))
         });
         let _ = std::fs::remove_file(&incoming.staged);
         match applied {
@@ -254,7 +261,8 @@ impl CacheSync for MirrorService {
         let receiver = FrameReceiver::new(
             Box::new(move |_| staging_store.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
             self.options.max_blob_bytes,
-        );
+        )
+        .writing_back(store.syncs_staged_files());
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
         let shared = counts.clone();
         let metrics = self.metrics.clone();

@@ -69,6 +69,7 @@ fn unpack_all(store: &Store, archives: Vec<(BlobFile, Members)>) -> u64 {
             Box::new(move |_| staging.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
             u64::MAX,
         )
+        .writing_back(store.syncs_staged_files())
     };
     let stored = crate::parallel::map(&archives, usize::MAX, receiver, |receiver, (file, members)| {
         unpack_one(store, &rt, receiver, file, members)
