@@ -137,6 +137,17 @@ pub fn signature_file(path: &Path) -> Result<Vec<u8>, DeltaError> {
     signature_of(BufReader::new(file), len, SIGNATURE_CHUNK).map_err(io_error(path))
 }
 
+/// Whether `sig` has the header and length [`signature_file`] gives a file
+/// of `len` bytes. A stored signature is checked so before it is used; a
+/// wrong entry in it is caught by the blake3 of the file a delta rebuilds.
+pub fn is_signature_for(sig: &[u8], len: u64) -> bool {
+    let block_size = block_size_for(len);
+    let hash_size = crypto_hash_size_for(len, block_size);
+    let header = [MD4_MAGIC, block_size.to_be_bytes(), hash_size.to_be_bytes()].concat();
+    let entries = len.div_ceil(u64::from(block_size));
+    sig.starts_with(&header) && sig.len() as u64 == HEADER_BYTES as u64 + entries * (4 + u64::from(hash_size))
+}
+
 /// The signature of `len` bytes from `input`, computed `chunk` bytes (rounded
 /// to whole blocks) at a time: the blocks' entries do not depend on chunking.
 fn signature_of(mut input: impl Read, len: u64, chunk: usize) -> io::Result<Vec<u8>> {

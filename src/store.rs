@@ -3,7 +3,9 @@
 //! Layout (object paths):
 //! - `blobs/<2 hex>/<64 hex>`: file contents, addressed by blake3, stored once;
 //! - `manifests/<64 hex>`: canonical manifest bytes, addressed by blake3;
-//! - `keys/<key>/@snap/<generation, 20 digits>`: a snapshot record (JSON).
+//! - `keys/<key>/@snap/<generation, 20 digits>`: a snapshot record (JSON);
+//! - `sigs/<2 hex>/<64 hex>`: a blob's delta signature, made when first
+//!   needed (see [`signatures`]).
 //!
 //! Everything is immutable. A key's newest snapshot record *is* its ref: it is
 //! created last, with a conditional put (`PutMode::Create`), after the blobs it
@@ -23,6 +25,7 @@ mod backend;
 mod gc;
 mod keys;
 mod read;
+mod signatures;
 mod snapshots;
 
 use std::path::{Path, PathBuf};

@@ -293,3 +293,18 @@ fn copy_commands_take_the_narrowest_widths_the_decoder_reads() {
         assert_eq!((written, out.len() as u64), (len, len), "copy of {len} at {offset}");
     }
 }
+
+#[test]
+fn a_stored_signature_is_checked_against_the_size_of_its_blob() {
+    for len in [0usize, 1, 4096, 3 << 20] {
+        let base = noise(len, 9);
+        let sig = signature(&base);
+        assert!(is_signature_for(&sig, len as u64), "{len}");
+        assert!(!is_signature_for(&sig[..sig.len() - 1], len as u64), "truncated, {len}");
+        assert!(!is_signature_for(&sig, (2 * len as u64 + 1) << 20), "another size, {len}");
+    }
+    let mut sig = signature(&noise(4096, 9));
+    sig[0] ^= 1;
+    assert!(!is_signature_for(&sig, 4096), "another magic");
+    assert!(!is_signature_for(b"", 0), "no header");
+}

@@ -466,22 +466,28 @@ impl Client {
         Ok(sig)
     }
 
-    /// Downloads blob `h` as a delta against a local base described by `signature`.
+    /// Downloads blob `h` as a delta against a local base, described by its
+    /// signature or named by the blob it holds.
     ///
     /// # Errors
     ///
-    /// Refusals, stream failures, `handle`'s errors.
+    /// Refusals (`NOT_FOUND` for a named base the mirror lacks), stream
+    /// failures, `handle`'s errors.
     pub(crate) async fn get_delta<H>(
         &mut self,
         h: Hash,
-        signature: Vec<u8>,
+        base: DeltaBase,
         receiver: FrameReceiver,
         handle: H,
     ) -> Result<(), ClientError>
     where
         H: FnMut(Incoming) -> Result<(), FrameError> + Send + 'static,
     {
-        let req = pb::GetDeltaRequest { hash: h.as_bytes().to_vec(), signature };
+        let (signature, base) = match base {
+            DeltaBase::Signature(sig) => (sig, Vec::new()),
+            DeltaBase::Blob(b) => (Vec::new(), b.as_bytes().to_vec()),
+        };
+        let req = pb::GetDeltaRequest { hash: h.as_bytes().to_vec(), signature, base };
         let stream = self.inner.get_delta(req).await.map_err(|s| self.refused(s))?.into_inner();
         frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
     }
@@ -502,6 +508,14 @@ impl Client {
         let (snapshot, unchanged, _) = self.commit_since(key, manifest, profile, base, None).await?;
         Ok((snapshot, unchanged))
     }
+}
+
+/// What a delta is made against (see [`Client::get_delta`]).
+pub(crate) enum DeltaBase {
+    /// The signature of the client's base file.
+    Signature(Vec<u8>),
+    /// The blob the client's base file holds, whose signature the mirror has.
+    Blob(Hash),
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -6,6 +6,7 @@
 
 mod gomod;
 mod manifests;
+mod signer;
 mod unpack;
 
 use std::pin::Pin;
@@ -81,6 +82,8 @@ pub struct MirrorService {
     committed: tokio::sync::broadcast::Sender<store::SnapshotRecord>,
     /// An agent's roots, for `AgentStatus`; `None` on a plain mirror.
     agent: Option<RootsReport>,
+    /// Prepares the signatures of large blobs as they land.
+    signer: signer::Signer,
 }
 
 /// How an agent reports its roots to its listener.
@@ -117,6 +120,7 @@ impl MirrorService {
             committed: tokio::sync::broadcast::channel(64).0,
             zip_hashes: Default::default(),
             agent: None,
+            signer: Default::default(),
         }
     }
 
@@ -265,16 +269,19 @@ impl CacheSync for MirrorService {
         .writing_back(store.syncs_staged_files());
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
         let shared = counts.clone();
-        let metrics = self.metrics.clone();
+        let (metrics, signer) = (self.metrics.clone(), self.signer.clone());
         frames::receive_blobs(req.into_inner(), receiver, move |incoming| {
             let mut guard = shared.lock().expect("counts lock");
             guard.0 += 1;
-            let (size, rejected_before) = (incoming.size, guard.1.len());
+            let (hash, size, rejected_before) = (incoming.hash, incoming.size, guard.1.len());
             let delta = incoming.delta_base.map(|_| std::fs::metadata(&incoming.staged).map_or(size, |m| m.len()));
             Self::handle_incoming(&store, incoming, &mut guard.1)?;
             if guard.1.len() == rejected_before {
                 metrics.blob_received(size);
                 metrics.delta_saved(delta.map_or(0, |d| size.saturating_sub(d)));
+                if size >= signer::PREPARED_FROM {
+                    signer.prepare(&store, hash);
+                }
             }
             Ok(())
         })
@@ -349,13 +356,8 @@ impl CacheSync for MirrorService {
         req: Request<pb::GetSignatureRequest>,
     ) -> Result<Response<Self::GetSignatureStream>, Status> {
         let h = hash_from(&req.into_inner().hash, "signature base")?;
-        let file = self.store.blob_file(&h).await.map_err(ServerError::from)?;
-        let sig = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ServerError> {
-            Ok(delta::signature_file(&file.path)?)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(Response::new(chunked(Bytes::from(sig))))
+        let sig = self.store.signature(&h).await.map_err(ServerError::from)?;
+        Ok(Response::new(chunked(sig)))
     }
 
     type GetDeltaStream = Stream_<pb::BlobFrame>;
@@ -363,6 +365,13 @@ impl CacheSync for MirrorService {
     async fn get_delta(&self, req: Request<pb::GetDeltaRequest>) -> Result<Response<Self::GetDeltaStream>, Status> {
         let req = req.into_inner();
         let h = hash_from(&req.hash, "delta target")?;
+        let signature = match (req.signature.is_empty(), req.base.is_empty()) {
+            (true, false) => {
+                let base = hash_from(&req.base, "delta base")?;
+                self.store.signature(&base).await.map_err(ServerError::from)?
+            }
+            _ => Bytes::from(req.signature),
+        };
         let file = self.store.blob_file(&h).await.map_err(ServerError::from)?;
         let level = self.options.compression_level;
         let (tx, rx) = mpsc::channel(8);
@@ -371,7 +380,7 @@ impl CacheSync for MirrorService {
                 let size = std::fs::metadata(&file.path).map_err(|e| ServerError::BadRequest(e.to_string()))?.len();
                 let mut send = |f| tx.blocking_send(Ok(f)).map_err(|_| FrameError::Gone);
                 let mut writer = frames::DeltaWriter::new(h, size, Hash::from_bytes([0; 32]), level, &mut send);
-                match delta::diff_file(&req.signature, &file.path, (h, size), frames::Check::Trust, &mut writer) {
+                match delta::diff_file(&signature, &file.path, (h, size), frames::Check::Trust, &mut writer) {
                     Err(_) if writer.is_gone() => Ok(()), // the client hung up
                     Err(delta::DeltaError::Changed { .. }) => Err(ServerError::Corrupt(h)),
                     Err(e) => Err(e.into()),

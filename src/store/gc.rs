@@ -47,7 +47,7 @@ pub struct Swept {
     pub manifests: u64,
     /// Blobs removed.
     pub blobs: u64,
-    /// Bytes freed (blobs and manifests).
+    /// Bytes freed (blobs, manifests and blob signatures).
     pub bytes_freed: u64,
     /// Snapshots kept.
     pub snapshots_kept: u64,
@@ -86,6 +86,8 @@ impl Store {
         let cutoff = now.checked_sub(policy.grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut doomed = self.unreferenced("manifests", &manifests, cutoff).await?;
         doomed.extend(self.unreferenced("blobs", &blobs, cutoff).await?);
+        // Signatures go with their blobs; they are not counted, only their bytes.
+        doomed.extend(self.unreferenced("sigs", &blobs, cutoff).await?);
         // Snapshots committed while we looked: spare what they name.
         let seen: HashSet<(String, u64)> = kept.iter().map(|r| (r.key.clone(), r.generation)).collect();
         let fresh: Vec<SnapshotRecord> = self
@@ -100,18 +102,13 @@ impl Store {
         manifests.extend(m2);
         blobs.extend(b2);
         for (location, size, hash) in doomed {
-            let (is_blob, still) = match location.as_ref().starts_with("blobs/") {
-                true => (true, blobs.contains(&hash)),
-                false => (false, manifests.contains(&hash)),
-            };
-            if still {
+            let (is_blob, is_manifest) =
+                (location.as_ref().starts_with("blobs/"), location.as_ref().starts_with("manifests/"));
+            if (is_manifest && manifests.contains(&hash)) || (!is_manifest && blobs.contains(&hash)) {
                 continue;
             }
-            if is_blob {
-                swept.blobs += 1
-            } else {
-                swept.manifests += 1
-            }
+            swept.blobs += u64::from(is_blob);
+            swept.manifests += u64::from(is_manifest);
             swept.bytes_freed += size;
             if !policy.dry_run {
                 self.durable.delete(&location).await.map_err(backend(location.as_ref()))?;

@@ -26,6 +26,19 @@ pub struct PlanOptions {
     pub kin: bool,
 }
 
+/// A blob a pull fetches as a delta against a local file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDelta {
+    /// The blob.
+    pub hash: Hash,
+    /// The snapshot entries that hold it.
+    pub targets: Vec<usize>,
+    /// The local file it is made against.
+    pub base: String,
+    /// What that file holds, by the scan: the mirror may have its signature.
+    pub base_hash: Hash,
+}
+
 /// What a pull will do. Entry indices refer to the snapshot manifest.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PullPlan {
@@ -35,8 +48,8 @@ pub struct PullPlan {
     pub metadata: Vec<usize>,
     /// Files to copy from another local path that has the same content.
     pub local_copies: Vec<(usize, String)>,
-    /// Blobs to fetch as deltas against the local file at a path.
-    pub deltas: Vec<(Hash, Vec<usize>, String)>,
+    /// Blobs to fetch as deltas against local files.
+    pub deltas: Vec<PlannedDelta>,
     /// Blobs to fetch whole, each with the entries it fills.
     pub whole: Vec<(Hash, Vec<usize>)>,
     /// Symlinks to create or replace.
@@ -149,10 +162,16 @@ pub fn plan_pull(
                         })
                         .or_else(|| kin.base_for(e, opts).filter(|_| !whole.contains_key(h)));
                     if let Some(&at) = delta_at.get(h) {
-                        plan.deltas[at].1.push(i); // the same content again: one delta fills both
+                        plan.deltas[at].targets.push(i); // the same content again: one delta fills both
                     } else if let Some(base) = delta_base {
                         delta_at.insert(*h, plan.deltas.len());
-                        plan.deltas.push((*h, vec![i], base.path.clone()));
+                        let base_hash = base.file_hash().expect("delta bases are files");
+                        plan.deltas.push(PlannedDelta {
+                            hash: *h,
+                            targets: vec![i],
+                            base: base.path.clone(),
+                            base_hash,
+                        });
                         plan.fetch_bytes = plan.fetch_bytes.saturating_add(e.size);
                     } else {
                         let targets = whole.entry(*h).or_default();
@@ -318,7 +337,9 @@ mod tests {
         let plan = plan_pull(&snap, &local, OPTS, false, &[]).unwrap();
         assert_eq!(plan.metadata, vec![2], "sorted: a, a/moved, a/same, big, x, y");
         assert_eq!(plan.local_copies, vec![(1, "old-name".to_string())]);
-        assert_eq!(plan.deltas, vec![(Hash::of(b"new"), vec![3], "big".to_string())]);
+        let big =
+            PlannedDelta { hash: Hash::of(b"new"), targets: vec![3], base: "big".into(), base_hash: Hash::of(b"old") };
+        assert_eq!(plan.deltas, vec![big]);
         assert_eq!(plan.whole, vec![(Hash::of(b"n"), vec![4, 5])]);
         assert!(plan.removals.is_empty(), "nothing is deleted without --delete");
         assert_eq!(plan.fetch_bytes, 1005);
@@ -404,14 +425,20 @@ mod tests {
         // A pull the other way: kin found locally; with --delete, only kin that stays.
         let plan = plan_pull(&local, &prev, opts, false, &[]).unwrap();
         let at = |p: &str| local.entries().iter().position(|e| e.path == p).unwrap();
-        let zip_delta = (missing[0], vec![at(z12)], "cache/download/x.io/m/@v/v1.1.0.zip".to_string());
-        let o2 = "x.io/other@v2.0.0/big.go";
-        assert_eq!(plan.deltas, vec![zip_delta, (missing[3], vec![at(o2)], o.to_string())], "o is fetched first");
+        let delta = |hash, target: &str, base: &str, base_hash| PlannedDelta {
+            hash,
+            targets: vec![at(target)],
+            base: base.into(),
+            base_hash,
+        };
+        let zip_delta = delta(missing[0], z12, "cache/download/x.io/m/@v/v1.1.0.zip", Hash::of(b"z11"));
+        let o_delta = delta(missing[3], "x.io/other@v2.0.0/big.go", o, missing[2]);
+        assert_eq!(plan.deltas, vec![zip_delta, o_delta], "o is fetched first");
         let snap = with_dirs(vec![zip("v1.2.0", b"z12", 8000)]);
         assert!(plan_pull(&snap, &prev, opts, true, &[]).unwrap().deltas.is_empty());
         // Into an empty root: the first version whole, the others against it.
         let plan = plan_pull(&prev, &Manifest::default(), opts, false, &[]).unwrap();
-        let bases: Vec<&str> = plan.deltas.iter().map(|d| d.2.as_str()).collect();
+        let bases: Vec<&str> = plan.deltas.iter().map(|d| d.base.as_str()).collect();
         assert_eq!(bases, vec!["cache/download/x.io/m/@v/v1.0.0.zip"]);
         assert_eq!(plan.whole.len(), 2, "v1.0.0.zip and the tree file");
         let generic = plan_push(&local, Some(&prev), &missing, OPTS);

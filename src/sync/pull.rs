@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::durability::{self, Pending};
-use super::plan::{PullPlan, plan_pull};
+use super::plan::{PlannedDelta, PullPlan, plan_pull};
 use super::tree::Tree;
 use super::unpack;
 use super::{Base, Report, SyncError, SyncOptions, cache_path, save_base, save_cache, split_balanced};
@@ -21,7 +21,7 @@ use crate::profile::go::gosum::SumLine;
 use crate::profile::go::select;
 use crate::progress::Progress;
 use crate::rpc::MAX_HASHES;
-use crate::rpc::client::{Client, Via};
+use crate::rpc::client::{Client, DeltaBase, Via};
 use crate::rpc::frames::{FrameError, FrameReceiver, Incoming, NewFile};
 use crate::scan;
 use crate::store::SnapshotRecord;
@@ -322,16 +322,16 @@ impl Job {
     async fn fetch_deltas(&self, client: &mut Client, plan: &PullPlan) -> (u64, Vec<(Hash, Vec<usize>)>) {
         let mut whole = Vec::new();
         let mut landed = 0;
-        for (hash, targets, base) in &plan.deltas {
-            let entries: Vec<Entry> = targets.iter().map(|i| self.manifest.entries()[*i].clone()).collect();
-            match fetch_delta(client, &self.tree, *hash, entries, base, &self.placed).await {
+        for d in &plan.deltas {
+            let entries: Vec<Entry> = d.targets.iter().map(|i| self.manifest.entries()[*i].clone()).collect();
+            match fetch_delta(client, &self.tree, d, entries, &self.placed).await {
                 Ok(()) => {
                     landed += 1;
-                    self.progress.inc(self.manifest.entries()[targets[0]].size);
+                    self.progress.inc(self.manifest.entries()[d.targets[0]].size);
                 }
                 Err(e) => {
-                    warn!(path = %base, error = %e, "delta failed; fetching the whole file");
-                    whole.push((*hash, targets.clone()));
+                    warn!(path = %d.base, error = %e, "delta failed; fetching the whole file");
+                    whole.push((d.hash, d.targets.clone()));
                 }
             }
         }
@@ -495,24 +495,43 @@ impl Job {
     }
 }
 
+/// Fetches one blob as a delta against a local file: first against the
+/// mirror's signature of the blob the scan says the file holds (no reading
+/// of the file to sign it), then, if that fails (the mirror lacks that blob,
+/// predates asking by hash, or the file was not what the scan said), against
+/// the file's own signature.
 async fn fetch_delta(
     client: &mut Client,
     tree: &Arc<Tree>,
-    hash: Hash,
+    planned: &PlannedDelta,
     entries: Vec<Entry>,
-    base: &str,
     placed: &Placed,
 ) -> Result<(), SyncError> {
-    let base_path = tree.path(base);
-    let bp = base_path.clone();
-    let signature =
-        tokio::task::spawn_blocking(move || delta::signature_file(&bp)).await.expect("signature task panicked")?;
-    let (t, p) = (tree.clone(), placed.clone());
+    let by_hash = fetch_delta_against(client, tree, planned, &entries, DeltaBase::Blob(planned.base_hash), placed);
+    let Err(e) = by_hash.await else { return Ok(()) };
+    debug!(path = %planned.base, error = %e, "delta against the mirror's signature failed; signing the local file");
+    let base_path = tree.path(&planned.base);
+    let signature = tokio::task::spawn_blocking(move || delta::signature_file(&base_path))
+        .await
+        .expect("signature task panicked")?;
+    fetch_delta_against(client, tree, planned, &entries, DeltaBase::Signature(signature), placed).await
+}
+
+async fn fetch_delta_against(
+    client: &mut Client,
+    tree: &Arc<Tree>,
+    planned: &PlannedDelta,
+    entries: &[Entry],
+    against: DeltaBase,
+    placed: &Placed,
+) -> Result<(), SyncError> {
+    let (t, p, hash, entries) = (tree.clone(), placed.clone(), planned.hash, entries.to_vec());
+    let base_path = tree.path(&planned.base);
     let size = entries[0].size;
     let landed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = landed.clone();
     client
-        .get_delta(hash, signature, receiver(tree, size), move |incoming: Incoming| {
+        .get_delta(hash, against, receiver(tree, size), move |incoming: Incoming| {
             if incoming.hash != hash || done.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 return Err(FrameError::Protocol("a delta for another blob, or a second one".into()));
             }

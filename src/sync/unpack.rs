@@ -64,7 +64,7 @@ pub(super) fn split(
     profile: Profile,
     manifest: &Manifest,
     whole: Vec<(Hash, Vec<usize>)>,
-    deltas: &mut Vec<(Hash, Vec<usize>, String)>,
+    deltas: &mut Vec<super::plan::PlannedDelta>,
 ) -> (Vec<(Hash, Vec<usize>)>, Vec<Archive>) {
     // Any of the blob's paths will do.
     let source = |targets: &[usize]| {
@@ -82,10 +82,10 @@ pub(super) fn split(
             None => fetch.push((hash, targets)),
         }
     }
-    for (hash, targets, base) in std::mem::take(deltas) {
-        match source(&targets) {
-            Some(from) => add(from, hash, targets),
-            None => deltas.push((hash, targets, base)),
+    for d in std::mem::take(deltas) {
+        match source(&d.targets) {
+            Some(from) => add(from, d.hash, d.targets),
+            None => deltas.push(d),
         }
     }
     let archives = archives.into_iter().map(|(path, members)| Archive { path, members }).collect();

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use cachesync::hash::Hash;
 use cachesync::profile::Profile;
 use cachesync::store::{Retention, Store};
 use cachesync::sync::{self, PullRequest, PushRequest};
@@ -109,11 +110,19 @@ async fn store_gc_keeps_the_newest_snapshots_and_drops_blobs_nothing_names() {
     assert_eq!(connect(&mirror.url).await.list_keys("").await.unwrap()[0].generation, 3);
 
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    for generation in 0..3u64 {
+        store.signature(&Hash::of(&random_bytes(generation, 100_000))).await.unwrap();
+    }
+    let sigs = || {
+        walkdir::WalkDir::new(store_dir.join("sigs")).into_iter().flatten().filter(|e| e.file_type().is_file()).count()
+    };
+    assert_eq!(sigs(), 3);
     let policy = Retention { keep_last: Some(1), max_age: None, grace: Duration::ZERO, dry_run: false };
     let swept = store.sweep(&policy).await.unwrap();
     assert_eq!(swept.snapshots, ["k/main#1", "k/main#2"]);
     assert_eq!((swept.blobs, swept.manifests), (2, 2));
     assert_eq!(blobs(), 1);
+    assert_eq!(sigs(), 1, "signatures go with their blobs");
     let snaps = store.snapshots("k/main").await.unwrap();
     assert_eq!(snaps.iter().map(|s| s.generation).collect::<Vec<_>>(), [3]);
 

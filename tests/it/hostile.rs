@@ -350,8 +350,17 @@ async fn version_mismatch_unknown_blobs_and_oversized_requests_get_clear_statuse
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client.get_signature(pb::GetSignatureRequest { hash: vec![1; 32] }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = client.get_delta(pb::GetDeltaRequest { hash: vec![1; 32], signature: vec![0; 8] }).await.unwrap_err();
+    let err = client
+        .get_delta(pb::GetDeltaRequest { hash: vec![1; 32], signature: vec![0; 8], base: vec![] })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // A base named by hash: a hash of another length, then one the mirror lacks.
+    let by_base = |base| pb::GetDeltaRequest { hash: vec![1; 32], signature: vec![], base };
+    let err = client.get_delta(by_base(vec![2; 5])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = client.get_delta(by_base(vec![2; 32])).await.unwrap_err();
+    assert!(err.code() == Code::NotFound && err.message().contains(&"02".repeat(32)), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
