@@ -151,6 +151,26 @@ impl Manifest {
     ///
     /// [`ManifestError::Malformed`] for bad framing; any validation error.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let m = Self::decode_entries(bytes)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Decodes bytes this program stored under their id `id`, validated
+    /// before they were: they are checked against the id (one blake3 of
+    /// the bytes) instead of entry by entry.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::Malformed`] for bytes that are not those of `id`.
+    pub fn decode_stored(bytes: &[u8], id: &Hash) -> Result<Manifest, ManifestError> {
+        if Hash::of(bytes) != *id {
+            return Err(ManifestError::Malformed("stored bytes do not match their manifest id"));
+        }
+        Self::decode_entries(bytes)
+    }
+
+    fn decode_entries(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let mut d = Dec(bytes);
         let truncated = |_| ManifestError::Malformed("truncated");
         if d.take(4).map_err(truncated)? != MAGIC {
@@ -165,9 +185,7 @@ impl Manifest {
         if !d.is_empty() {
             return Err(ManifestError::Malformed("trailing bytes"));
         }
-        let m = Manifest { entries };
-        m.validate()?;
-        Ok(m)
+        Ok(Manifest { entries })
     }
 
     /// Checks paths, order, parents, modes and symlink targets.
@@ -283,17 +301,14 @@ pub fn check_path(path: &str) -> Result<(), ManifestError> {
     if path.starts_with('/') {
         return Err(bad("absolute"));
     }
-    if path.contains('\0') {
-        return Err(bad("contains NUL"));
-    }
-    if path.split('/').next() == Some(crate::profile::STAGING_DIR) {
-        return Err(bad("reserved for staging"));
-    }
-    for component in path.split('/') {
-        match component {
-            "" => return Err(bad("empty component")),
-            "." | ".." => return Err(bad("contains . or ..")),
+    // Components are walked once: this runs for every entry of every manifest decoded.
+    for (i, component) in path.split('/').enumerate() {
+        match component.as_bytes() {
+            [] => return Err(bad("empty component")),
+            b"." | b".." => return Err(bad("contains . or ..")),
             c if c.len() > MAX_COMPONENT => return Err(bad("component too long")),
+            c if c.contains(&0) => return Err(bad("contains NUL")),
+            _ if i == 0 && component == crate::profile::STAGING_DIR => return Err(bad("reserved for staging")),
             _ => {}
         }
     }
@@ -394,6 +409,11 @@ mod tests {
         assert_eq!(m.file_count(), 3);
         assert_eq!(m.get("d/x").unwrap().size, 1);
         assert!(m.get("nope").is_none());
+        // Stored bytes are checked against their id instead of entry by entry.
+        assert_eq!(Manifest::decode_stored(&bytes, &m.id()).unwrap(), m);
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(Manifest::decode_stored(&flipped, &m.id()), Err(ManifestError::Malformed(_))));
     }
 
     #[test]

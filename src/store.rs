@@ -163,6 +163,39 @@ impl Drop for BlobFile {
     }
 }
 
+/// [`Store::missing_sized`] on a local store: one blocking task of stats
+/// relative to the blobs directory, on every core (a commit checks every
+/// blob its snapshot names: 15,000 in 45 ms through full paths on one core).
+fn local_sizes(root: &Path, hashes: &[Hash]) -> Result<(Vec<Hash>, u64)> {
+    use rayon::prelude::*;
+    use std::os::fd::AsRawFd;
+    let dir = root.join("blobs");
+    let blobs = match std::fs::File::open(&dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((hashes.to_vec(), 0)),
+        Err(source) => return Err(StoreError::Io { path: dir, source }),
+    };
+    let size = |h: &Hash| -> Result<Option<u64>> {
+        let hex = h.to_hex();
+        let name = std::ffi::CString::new(format!("{}/{hex}", &hex[..2])).expect("hex has no NUL");
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `blobs` is open, `name` is NUL-terminated, `st` is written by the call.
+        let rc = unsafe { libc::fstatat(blobs.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        if rc == 0 {
+            // SAFETY: the call succeeded, so it filled `st`.
+            return Ok(Some(unsafe { st.assume_init() }.st_size as u64));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            source => Err(StoreError::Io { path: dir.join(format!("{}/{hex}", &hex[..2])), source }),
+        }
+    };
+    let sizes: Vec<Option<u64>> = hashes.par_iter().with_min_len(256).map(size).collect::<Result<_>>()?;
+    let present = sizes.iter().flatten().sum();
+    let missing = hashes.iter().zip(&sizes).filter(|(_, s)| s.is_none()).map(|(h, _)| *h).collect();
+    Ok((missing, present))
+}
+
 /// The mirror's store.
 #[derive(Clone)]
 pub struct Store {
@@ -247,22 +280,8 @@ impl Store {
     /// Backend errors.
     pub async fn missing_sized(&self, hashes: &[Hash]) -> Result<(Vec<Hash>, u64)> {
         if let Some(root) = self.local_root.clone() {
-            // One blocking task of plain stats instead of a task per object.
             let hashes = hashes.to_vec();
-            return tokio::task::spawn_blocking(move || {
-                let (mut out, mut present) = (Vec::new(), 0);
-                for h in hashes {
-                    let path = root.join(Self::blob_path(&h).as_ref());
-                    match std::fs::symlink_metadata(&path) {
-                        Ok(m) => present += m.len(),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(h),
-                        Err(source) => return Err(StoreError::Io { path, source }),
-                    }
-                }
-                Ok((out, present))
-            })
-            .await
-            .expect("stat task panicked");
+            return tokio::task::spawn_blocking(move || local_sizes(&root, &hashes)).await.expect("stat task panicked");
         }
         let found: Vec<(Hash, Option<u64>)> = futures::stream::iter(hashes.iter().copied())
             .map(|h| async move { self.blob_size(&h).await.map(|size| (h, size)) })

@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 
 use super::{Entry, Manifest, ManifestError, check_path, decode_entry, encode_entry, utf8};
 use crate::codec::{Dec, Enc};
+use crate::hash::Hash;
 
 const DIFF_MAGIC: &[u8; 4] = b"CSD1";
 
@@ -29,13 +30,15 @@ pub fn is_diff(bytes: &[u8]) -> bool {
     bytes.starts_with(DIFF_MAGIC)
 }
 
-/// The encoded diff from the encoded manifest `base` to the encoded `target`.
+/// The encoded diff between two stored manifests, each given as its bytes
+/// and id (see [`Manifest::decode_stored`]).
 ///
 /// # Errors
 ///
-/// Either manifest failing to decode.
-pub fn between_encoded(base: &[u8], target: &[u8]) -> Result<Vec<u8>, ManifestError> {
-    Ok(ManifestDiff::between(&Manifest::decode(base)?, &Manifest::decode(target)?).encode())
+/// Either manifest failing to decode or to match its id.
+pub fn between_stored(base: (&[u8], Hash), target: (&[u8], Hash)) -> Result<Vec<u8>, ManifestError> {
+    let decode = |(bytes, id): (&[u8], Hash)| Manifest::decode_stored(bytes, &id);
+    Ok(ManifestDiff::between(&decode(base)?, &decode(target)?).encode())
 }
 
 impl ManifestDiff {
@@ -170,7 +173,6 @@ impl ManifestDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::Hash;
     use crate::manifest::Content;
 
     fn file(path: &str, byte: u8) -> Entry {
@@ -211,7 +213,7 @@ mod tests {
         assert_eq!(rebuilt, target);
         assert_eq!(rebuilt.id(), target.id());
         assert!(diff.encode().len() * 10 < target.encode().len(), "a few entries, not the manifest");
-        let encoded = between_encoded(&base.encode(), &target.encode()).unwrap();
+        let encoded = between_stored((&base.encode(), base.id()), (&target.encode(), target.id())).unwrap();
         assert_eq!(encoded, diff.encode());
         assert!(is_diff(&encoded) && !is_diff(&target.encode()));
     }

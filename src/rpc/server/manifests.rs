@@ -40,7 +40,7 @@ pub async fn to_send(store: &Store, id: Hash, base: Option<Hash>, diffs: &Semaph
     };
     let _turn = diffs.acquire().await.map_err(|_| ServerError::Precondition("mirror shutting down".into()))?;
     let target = whole.clone();
-    let diffed = tokio::task::spawn_blocking(move || diff::between_encoded(&base_bytes, &target))
+    let diffed = tokio::task::spawn_blocking(move || diff::between_stored((&base_bytes, base), (&target, id)))
         .await
         .map_err(|e| ServerError::Precondition(e.to_string()))?;
     match diffed {
@@ -104,7 +104,7 @@ pub async fn received_diff(
 fn rebuild(base_bytes: &[u8], diff: &[u8], base: Hash, id: Hash) -> Result<(Manifest, Vec<u8>), ServerError> {
     let unusable = |why: String| ServerError::UnusableDiff(format!("the diff against base manifest {base}: {why}"));
     let diff = ManifestDiff::decode(diff)?;
-    let base = Manifest::decode(base_bytes).map_err(|e| unusable(format!("stored base: {e}")))?;
+    let base = Manifest::decode_stored(base_bytes, &base).map_err(|e| unusable(format!("stored base: {e}")))?;
     let manifest = diff.apply(&base).map_err(|e| unusable(e.to_string()))?;
     let bytes = manifest.encode();
     if bytes.len() as u64 > MAX_MANIFEST {
