@@ -114,11 +114,19 @@ async fn pull_inner(
     req.validate()?;
     let snapshot = client.resolve_trusted(&req.key, &req.restore_prefixes, &req.trusted_writers).await?;
     let snapshot = snapshot.ok_or_else(|| SyncError::Miss(req.key.clone()))?;
+    let profile: Profile = snapshot.profile.parse().unwrap_or_default();
+    let cache_file = cache_path(&opts.state_dir, &req.root);
+    let rebooted = matches!(durability::pending(&opts.state_dir, &req.root), Pending::Rebooted { .. });
+    if rebooted {
+        warn!(root = %req.root.display(), "an earlier pull may not have reached the disk before a restart; re-checking every file");
+        let _ = std::fs::remove_file(&cache_file);
+    }
+    // The destination is scanned while the mirror works out the manifest.
+    let scanning = scan_destination(req.root.clone(), cache_file.clone(), profile);
     let held = super::held::load(&opts.state_dir, &req.root).await;
     let (fetched, via) = client.manifest_since(snapshot.manifest_id().map_err(SyncError::Key)?, held.as_ref()).await?;
     drop(held);
     debug!(?via, "pull: manifest");
-    let profile: Profile = snapshot.profile.parse().unwrap_or_default();
     let (manifest, missing) = match go_sum {
         None => (fetched.manifest.clone(), Vec::new()),
         Some(lines) => {
@@ -127,13 +135,8 @@ async fn pull_inner(
         }
     };
     // Everything that can refuse the pull happens before the first write.
-    let cache_file = cache_path(&opts.state_dir, &req.root);
-    let rebooted = matches!(durability::pending(&opts.state_dir, &req.root), Pending::Rebooted { .. });
-    if rebooted {
-        warn!(root = %req.root.display(), "an earlier pull may not have reached the disk before a restart; re-checking every file");
-        let _ = std::fs::remove_file(&cache_file);
-    }
-    let (local, cache, unknown) = scan_destination(req, cache_file.clone(), profile, manifest.clone()).await?;
+    let (local, cache) = scanning.await.expect("scan task panicked")?;
+    let unknown = unknown_in_the_way(req.root.clone(), local.clone(), manifest.clone()).await;
     let popts = opts.plan_options(profile, client);
     let mut plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
     let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
@@ -201,34 +204,40 @@ fn select_go_sum(
 /// Scans the destination (without writing to it) and finds the paths of
 /// the snapshot that exist locally but that the scan does not describe
 /// (special files, symlinks leaving the root): they are in the way too.
-async fn scan_destination(
-    req: &PullRequest,
+/// Scans the destination on the blocking pool, with its hash cache.
+fn scan_destination(
+    root: PathBuf,
     cache_file: PathBuf,
     profile: Profile,
-    snapshot: Arc<Manifest>,
-) -> Result<(scan::Scan, HashCache, Vec<String>), SyncError> {
-    let root = req.root.clone();
+) -> tokio::task::JoinHandle<Result<(Arc<scan::Scan>, HashCache), SyncError>> {
     tokio::task::spawn_blocking(move || {
         let mut cache = HashCache::load(&cache_file);
         if !root.exists() {
             let empty = scan::Scan { manifest: Manifest::default(), hashed_files: 0, hashed_bytes: 0 };
-            return Ok((empty, cache, Vec::new()));
+            return Ok((Arc::new(empty), cache));
         }
         let local = scan::scan(&root, profile, &mut cache)?;
-        // Only where the parent exists locally can something unknown stand
-        // (an unknown parent is itself checked): one lstat per such entry.
+        Ok((Arc::new(local), cache))
+    })
+}
+
+/// Snapshot paths the scan did not report that exist all the same (a
+/// symlink leaving the root, a name that is not UTF-8). Only where the
+/// parent exists locally can something stand (an unknown parent is itself
+/// checked): one lstat per such entry.
+async fn unknown_in_the_way(root: PathBuf, local: Arc<scan::Scan>, snapshot: Arc<Manifest>) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
         let parent_here = |path: &str| match path.rsplit_once('/') {
             None => true,
             Some((parent, _)) => local.manifest.get(parent).is_some_and(|p| p.content == Content::Dir),
         };
-        let unknown = snapshot
+        snapshot
             .entries()
             .iter()
             .filter(|e| local.manifest.get(&e.path).is_none() && parent_here(&e.path))
             .filter(|e| std::fs::symlink_metadata(root.join(&e.path)).is_ok())
             .map(|e| e.path.clone())
-            .collect();
-        Ok((local, cache, unknown))
+            .collect()
     })
     .await
     .expect("scan task panicked")
