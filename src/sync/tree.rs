@@ -40,6 +40,22 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
     move |source| TreeError { path: path.to_path_buf(), source }
 }
 
+/// Opens `root` and takes an exclusive `flock` on it, without waiting.
+fn lock_root(root: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(root).map_err(at(root))?;
+    // SAFETY: `dir` is an open descriptor for the duration of the call.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(dir);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        let why = "another pull is writing into this directory; try again when it has finished";
+        return Err(TreeError { path: root.to_path_buf(), source: io::Error::new(io::ErrorKind::WouldBlock, why) });
+    }
+    Err(at(root)(e))
+}
+
 /// A destination root being written.
 pub struct Tree {
     root: PathBuf,
@@ -53,6 +69,9 @@ pub struct Tree {
     /// restored if the pull stops before [`Tree::finish`].
     unlocked: std::sync::Mutex<Vec<(PathBuf, u32)>>,
     finished: bool,
+    /// The root, held with an exclusive `flock` while the tree is open: a
+    /// second pull into it would remove this one's staging directory.
+    _lock: fs::File,
 }
 
 impl Drop for Tree {
@@ -93,6 +112,7 @@ impl Tree {
     /// I/O errors creating the root or staging directory.
     pub fn open(root: &Path, fsync: bool, replace: bool) -> Result<Tree> {
         fs::create_dir_all(root).map_err(at(root))?;
+        let lock = lock_root(root)?;
         let mut tree = Tree {
             root: root.to_path_buf(),
             staging: root.join(STAGING_DIR),
@@ -102,6 +122,7 @@ impl Tree {
             unnamed: false,
             unlocked: Default::default(),
             finished: false,
+            _lock: lock,
         };
         tree.unlock_dir(root)?;
         if fs::symlink_metadata(&tree.staging).is_ok() {
@@ -386,6 +407,19 @@ mod tests {
     fn entry(path: &str, data: &[u8]) -> Entry {
         let content = Content::File(Hash::of(data));
         Entry { path: path.into(), size: data.len() as u64, mode: 0o444, mtime_ns: 1_000_000_000_123, content }
+    }
+
+    #[test]
+    fn a_second_pull_into_a_root_is_refused_while_the_first_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Tree::open(dir.path(), false, false).unwrap();
+        let (staged, _) = first.staging_file().unwrap();
+        let e = Tree::open(dir.path(), false, false).err().expect("the root is held");
+        assert_eq!(e.source.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("another pull is writing into this directory"), "{e}");
+        assert!(staged.exists(), "the first pull's staging is untouched");
+        drop(first);
+        Tree::open(dir.path(), false, false).expect("free again once the first is done");
     }
 
     #[test]
