@@ -1,5 +1,6 @@
 //! Small Linux file-system helpers shared by the store and the tree writer:
-//! `syncfs`, unnamed files (`O_TMPFILE`), replacing by exchange and the boot id.
+//! `syncfs` and early writeback, unnamed files (`O_TMPFILE`), replacing by
+//! exchange, and the boot id.
 
 use std::io;
 use std::path::Path;

@@ -440,7 +440,8 @@ impl FrameReceiver {
             written: 0,
             limit,
             complete: false,
-            writeback: self.writing_back.then(fsutil::Writeback::default),
+            // A delta's staging file is read once and removed: only whole blobs are kept.
+            writeback: (self.writing_back && delta_base.is_none()).then(fsutil::Writeback::default),
         });
         Ok(())
     }

@@ -173,6 +173,7 @@ impl MirrorService {
             Ok(()) => rt.block_on(store.publish_blob(&incoming.hash, &out)).map_err(handler),
             Err(e) => {
                 info!(blob = %incoming.hash, base = %base, error = %e, "delta refused; the client will send it whole");
+                rt.block_on(store.forget_signature(&base));
                 rejected.push(incoming.hash.as_bytes().to_vec());
                 Ok(())
             }

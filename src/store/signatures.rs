@@ -57,6 +57,13 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the stored signature of `h`, if any: a delta made against it
+    /// did not rebuild its file (the file changed while it was diffed, or
+    /// the signature is wrong), and the next one is made from the blob.
+    pub async fn forget_signature(&self, h: &Hash) {
+        let _ = self.blobs.delete(&Self::signature_path(h)).await;
+    }
+
     /// The stored signature of `h` if there is one that fits the blob's size.
     async fn stored_signature(&self, h: &Hash) -> Result<Option<Bytes>> {
         let Some(size) = self.blob_size(h).await? else {

@@ -174,6 +174,10 @@ async fn the_store_keeps_signatures_and_makes_a_damaged_one_again() {
     *other.last_mut().unwrap() ^= 1;
     std::fs::write(&kept, &other).unwrap();
     assert_eq!(store.signature(&h).await.unwrap(), other);
+    // A delta against it that did not rebuild its file makes the mirror forget it.
+    store.forget_signature(&h).await;
+    assert!(!kept.exists());
+    assert_eq!(store.signature(&h).await.unwrap(), want);
     // One that cannot describe the blob is made again, and replaced.
     std::fs::write(&kept, &want[..want.len() - 1]).unwrap();
     assert_eq!(store.signature(&h).await.unwrap(), want);
