@@ -153,7 +153,7 @@ pub fn is_signature_for(sig: &[u8], len: u64) -> bool {
 fn signature_of(mut input: impl Read, len: u64, chunk: usize) -> io::Result<Vec<u8>> {
     let block_size = block_size_for(len);
     let options = SignatureOptions { block_size, crypto_hash_size: crypto_hash_size_for(len, block_size) };
-    let per = (chunk / block_size as usize).max(1) * block_size as usize;
+    let per = whole_blocks(chunk, block_size as usize);
     let mut out = Signature::calculate(&[], options).into_serialized();
     let mut chunks = Chunks::new(len, per);
     while let Some(group) = chunks.read(&mut input)? {
@@ -200,19 +200,49 @@ pub fn diff(signature: &[u8], new: &[u8], out: impl Write) -> Result<(), DeltaEr
 }
 
 fn diff_in_chunks(signature: &[u8], new: &[u8], out: impl Write, chunk: usize) -> Result<(), DeltaError> {
+    let read_error = |e| io_error(Path::new("<new>"))(e); // a slice reads whole
+    diff_chunks(signature, new, new.len() as u64, chunk, None, out, read_error)?.end()
+}
+
+/// Diffs `len` bytes of `input` against the base described by `signature`,
+/// in chunks of whole blocks (about `chunk` bytes) [`PARALLEL_CHUNKS`] at a
+/// time, feeding what it reads to `hasher`, when given, beside the diffs.
+/// Returns the delta without its end command, for the caller to end it.
+fn diff_chunks<W: Write>(
+    signature: &[u8],
+    mut input: impl Read,
+    len: u64,
+    chunk: usize,
+    mut hasher: Option<&mut Hasher>,
+    out: W,
+    read_error: impl Fn(io::Error) -> DeltaError,
+) -> Result<Splice<W>, DeltaError> {
     let parsed = parse_signature(signature)?;
     let base = Base { signature, index: parsed.index() };
     let mut splice = Splice::new(out)?;
     // Whole blocks per chunk, so that every chunk starts on the base's grid.
-    let chunk = (chunk / base.block_size()).max(1) * base.block_size();
-    for (g, group) in new.chunks(chunk * PARALLEL_CHUNKS).enumerate() {
-        let at = |i: usize| ((g * PARALLEL_CHUNKS + i) * chunk) as u64;
-        let deltas: Vec<_> = group.par_chunks(chunk).enumerate().map(|(i, c)| base.diff(at(i), c)).collect();
-        for delta in deltas {
-            splice.append(&delta?)?;
+    let per = whole_blocks(chunk, base.block_size());
+    let mut chunks = Chunks::new(len, per);
+    let mut at = 0u64;
+    while let Some(group) = chunks.read(&mut input).map_err(&read_error)? {
+        let hash = || {
+            if let Some(h) = hasher.as_deref_mut() {
+                group.iter().for_each(|c| h.update(c));
+            }
+        };
+        let diffs = || group.par_iter().enumerate().map(|(i, c)| base.diff(at + (i * per) as u64, c)).collect();
+        let (_, commands): (_, Vec<_>) = rayon::join(hash, diffs);
+        for c in commands {
+            splice.append(&c?)?;
         }
+        at += group.iter().map(|c| c.len() as u64).sum::<u64>();
     }
-    splice.end()
+    Ok(splice)
+}
+
+/// `chunk` bytes rounded down to whole blocks, at least one.
+fn whole_blocks(chunk: usize, block: usize) -> usize {
+    (chunk / block).max(1) * block
 }
 
 /// A base, by its signature: the bytes and their index.
@@ -230,15 +260,15 @@ impl Base<'_> {
         u32::from_be_bytes(self.signature[8..12].try_into().expect("a checked header")) as usize
     }
 
-    /// The delta of the chunk of the new file at offset `at`, whole (magic
-    /// to end command). Blocks still where the base had them (an edit in
+    /// The commands that build the chunk of the new file at offset `at`
+    /// (a delta without its magic and end command). Blocks still where the base had them (an edit in
     /// place leaves all but a few) are found by comparing the chunk's own
     /// signature, computed on 8 lanes, with the base's entry by entry; only
     /// the runs between them go through `fast_rsync`'s rolling search, which
     /// hashes each candidate block alone.
     fn diff(&self, at: u64, chunk: &[u8]) -> Result<Vec<u8>, DeltaError> {
         let (b, entry) = (self.block_size(), 4 + self.hash_size());
-        let mut out = DELTA_MAGIC.to_vec();
+        let mut out = Vec::new();
         let blocks = chunk.len().div_ceil(b);
         let aligned = at.is_multiple_of(b as u64);
         let ours = match aligned {
@@ -284,7 +314,6 @@ impl Base<'_> {
                 }
             }
         }
-        out.push(0);
         Ok(out)
     }
 }
@@ -353,86 +382,45 @@ pub fn diff_file(
     check: Check,
     out: impl Write,
 ) -> Result<(), DeltaError> {
-    let mut file = File::open(path).map_err(io_error(path))?;
+    let file = File::open(path).map_err(io_error(path))?;
     let changed = || DeltaError::Changed { path: path.to_path_buf() };
     if file.metadata().map_err(io_error(path))?.len() != expected_size {
         return Err(changed());
     }
-    let parsed = parse_signature(signature)?;
-    let base = Base { signature, index: parsed.index() };
-    let mut splice = Splice::new(out)?;
-    let mut hasher = Hasher::new();
-    // Whole blocks per chunk, so that every chunk starts on the base's grid.
-    let per = (DIFF_CHUNK / base.block_size()).max(1) * base.block_size();
-    let mut chunks = Chunks::new(expected_size, per);
-    let mut at = 0u64;
     let read_error = |e: io::Error| match e.kind() {
         io::ErrorKind::UnexpectedEof => changed(),
         _ => io_error(path)(e),
     };
-    while let Some(group) = chunks.read(&mut file).map_err(read_error)? {
-        // The file's hash runs beside the diffs, in order.
-        let hash = || group.iter().filter(|_| check == Check::Hash).for_each(|c| hasher.update(c));
-        let diffs = || group.par_iter().enumerate().map(|(i, c)| base.diff(at + (i * per) as u64, c)).collect();
-        let (_, deltas): (_, Vec<_>) = rayon::join(hash, diffs);
-        for delta in deltas {
-            splice.append(&delta?)?;
-        }
-        at += group.iter().map(|c| c.len() as u64).sum::<u64>();
-    }
+    let mut hasher = Hasher::new();
+    let hashing = (check == Check::Hash).then_some(&mut hasher);
+    let splice = diff_chunks(signature, file, expected_size, DIFF_CHUNK, hashing, out, read_error)?;
     if check == Check::Hash && hasher.finalize() != expected {
         return Err(changed());
     }
     splice.end()
 }
 
-/// Joins the deltas of consecutive chunks into one: each chunk's magic is
-/// dropped and its end command held back, so the commands follow each other.
+/// Joins the commands of consecutive chunks (see [`Base::diff`]) into one
+/// delta: the magic first, the end command last.
 struct Splice<W> {
     inner: W,
-    skip: usize,
-    held: Option<u8>,
 }
 
 impl<W: Write> Splice<W> {
     /// Starts a delta: writes the magic.
     fn new(mut inner: W) -> Result<Self, DeltaError> {
         inner.write_all(&DELTA_MAGIC).map_err(io_error(Path::new(OUTPUT)))?;
-        Ok(Splice { inner, skip: 0, held: None })
+        Ok(Splice { inner })
+    }
+
+    /// Appends one chunk's commands.
+    fn append(&mut self, commands: &[u8]) -> Result<(), DeltaError> {
+        self.inner.write_all(commands).map_err(io_error(Path::new(OUTPUT)))
     }
 
     /// Ends the delta: writes the end command.
     fn end(mut self) -> Result<(), DeltaError> {
         self.inner.write_all(&[0]).map_err(io_error(Path::new(OUTPUT)))
-    }
-
-    /// Appends one chunk's whole delta (from [`diff_to_vec`]).
-    fn append(&mut self, delta: &[u8]) -> Result<(), DeltaError> {
-        self.skip = DELTA_MAGIC.len();
-        self.write_all(delta).map_err(io_error(Path::new(OUTPUT)))?;
-        match self.held.take() {
-            Some(0) => Ok(()),
-            _ => Err(DeltaError::BadDelta("a chunk's delta did not end with the end command".into())),
-        }
-    }
-}
-
-impl<W: Write> Write for Splice<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let skipped = self.skip.min(data.len());
-        self.skip -= skipped;
-        if let Some((last, rest)) = data[skipped..].split_last() {
-            if let Some(held) = self.held.take() {
-                self.inner.write_all(&[held])?;
-            }
-            self.inner.write_all(rest)?;
-            self.held = Some(*last);
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
