@@ -466,7 +466,7 @@ fn verified<B: apply::ReadAt + ?Sized>(
 /// file at `base_path` as a stream, writing a new file at `out_path` (which
 /// must not exist), verified against `expected`. With `writeback`, the disk
 /// starts writing it as it is written (for a store that syncs at commit; see
-/// [`fsutil::Writeback`]). Syncing and renaming it into place is the caller's job.
+/// [`fsutil::WritingBack`]). Syncing and renaming it into place is the caller's job.
 ///
 /// # Errors
 ///

@@ -132,66 +132,53 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// it saves, and the kernel's writeback merges them better.
 const WRITEBACK_MIN: u64 = 1 << 20;
 
-/// Starts the disk writing a file while it is still being written, without
-/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, every
-/// [`WRITEBACK_STEP`] bytes and at the end). A store that makes its blobs
-/// durable with one `syncfs` at commit then finds most of them on disk
-/// already: the disk works while the rest arrives, not after. Advisory: a
-/// failure here is left for the `syncfs` to report.
-#[derive(Debug, Default)]
-pub struct Writeback {
-    started: u64,
-    written: u64,
-}
-
-impl Writeback {
-    /// Counts `n` more bytes written to `file`.
-    pub fn wrote(&mut self, file: &std::fs::File, n: usize) {
-        self.written += n as u64;
-        if self.written - self.started >= WRITEBACK_STEP {
-            self.finish(file);
-        }
-    }
-
-    /// Starts the writeback of what was written since the last start, for
-    /// files of [`WRITEBACK_MIN`] bytes or more.
-    pub fn finish(&mut self, file: &std::fs::File) {
-        use std::os::fd::AsRawFd;
-        if self.written >= WRITEBACK_MIN && self.written > self.started {
-            let (from, len) = (self.started as libc::off64_t, (self.written - self.started) as libc::off64_t);
-            // SAFETY: `file` is an open descriptor for the duration of the call.
-            unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
-            self.started = self.written;
-        }
-    }
-}
-
-/// A file that starts its own writeback as it is written, when asked to.
+/// A file the disk starts writing while it is still being written, when
+/// asked to: `sync_file_range(SYNC_FILE_RANGE_WRITE)` every
+/// [`WRITEBACK_STEP`] bytes and at the end, without waiting. A store that
+/// makes its blobs durable with one `syncfs` at commit then finds most of
+/// them on disk already: the disk works while the rest arrives, not after.
+/// Advisory: a failure here is left for the `syncfs` to report.
 pub struct WritingBack {
     file: std::fs::File,
-    writeback: Option<Writeback>,
+    on: bool,
+    /// Bytes whose writeback was started, and bytes written.
+    started: u64,
+    written: u64,
 }
 
 impl WritingBack {
     /// Wraps `file`; with `on`, its writeback starts as it is written.
     pub fn new(file: std::fs::File, on: bool) -> Self {
-        WritingBack { file, writeback: on.then(Writeback::default) }
+        WritingBack { file, on, started: 0, written: 0 }
     }
 
-    /// Starts the writeback of the rest and returns the file.
+    /// Starts the writeback of the rest (files of [`WRITEBACK_MIN`] bytes
+    /// or more) and returns the file.
     pub fn finish(mut self) -> std::fs::File {
-        if let Some(wb) = &mut self.writeback {
-            wb.finish(&self.file);
+        if self.written >= WRITEBACK_MIN {
+            self.start();
         }
         self.file
+    }
+
+    /// Starts the writeback of what was written since the last start.
+    fn start(&mut self) {
+        use std::os::fd::AsRawFd;
+        if self.on && self.written > self.started {
+            let (from, len) = (self.started as libc::off64_t, (self.written - self.started) as libc::off64_t);
+            // SAFETY: `file` is an open descriptor for the duration of the call.
+            unsafe { libc::sync_file_range(self.file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+            self.started = self.written;
+        }
     }
 }
 
 impl io::Write for WritingBack {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        if let Some(wb) = &mut self.writeback {
-            wb.wrote(&self.file, n);
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            self.start();
         }
         Ok(n)
     }

@@ -303,13 +303,12 @@ struct Current {
     incoming: Incoming,
     /// Taken when the blob completes. Frames are written as they come (at
     /// most [`MAX_CHUNK`] each): a buffer would only copy them once more.
-    file: Option<File>,
+    file: Option<fsutil::WritingBack>,
     copies: Vec<File>,
     hasher: Hasher,
     written: u64,
     limit: u64,
     complete: bool,
-    writeback: Option<fsutil::Writeback>,
 }
 
 impl Drop for Current {
@@ -330,7 +329,7 @@ pub(crate) struct FrameReceiver {
     current: Option<Current>,
     /// Largest blob accepted.
     max_size: u64,
-    /// Whether to start each file's writeback as it is written (see [`fsutil::Writeback`]).
+    /// Whether to start each file's writeback as it is written (see [`fsutil::WritingBack`]).
     writing_back: bool,
 }
 
@@ -374,11 +373,7 @@ impl FrameReceiver {
         cur.written += data.len() as u64;
         cur.hasher.update(&data);
         let path = &cur.incoming.staged;
-        let file = cur.file.as_mut().expect("open until complete");
-        file.write_all(&data).map_err(io_err(path))?;
-        if let Some(wb) = &mut cur.writeback {
-            wb.wrote(file, data.len());
-        }
+        cur.file.as_mut().expect("open until complete").write_all(&data).map_err(io_err(path))?;
         for copy in &mut cur.copies {
             copy.write_all(&data).map_err(io_err(path))?;
         }
@@ -386,10 +381,7 @@ impl FrameReceiver {
             return Ok(None);
         }
         let mut cur = self.current.take().expect("present");
-        let file = cur.file.take().expect("open until complete");
-        if let Some(wb) = &mut cur.writeback {
-            wb.finish(&file);
-        }
+        let file = cur.file.take().expect("open until complete").finish();
         if cur.incoming.delta_base.is_none() {
             let actual = cur.hasher.finalize();
             if actual != cur.incoming.hash || cur.written != cur.incoming.size {
@@ -434,14 +426,13 @@ impl FrameReceiver {
         let limit = if delta_base.is_some() { max_delta_len(frame.size) } else { frame.size };
         self.current = Some(Current {
             incoming: Incoming { hash, size: frame.size, delta_base, staged, unnamed: None, copies: Vec::new() },
-            file: Some(file),
+            // A delta's staging file is read once and removed: only whole blobs are kept.
+            file: Some(fsutil::WritingBack::new(file, self.writing_back && delta_base.is_none())),
             copies,
             hasher: Hasher::new(),
             written: 0,
             limit,
             complete: false,
-            // A delta's staging file is read once and removed: only whole blobs are kept.
-            writeback: (self.writing_back && delta_base.is_none()).then(fsutil::Writeback::default),
         });
         Ok(())
     }
