@@ -201,10 +201,8 @@ fn select_go_sum(
     Ok((s.manifest, s.missing))
 }
 
-/// Scans the destination (without writing to it) and finds the paths of
-/// the snapshot that exist locally but that the scan does not describe
-/// (special files, symlinks leaving the root): they are in the way too.
-/// Scans the destination on the blocking pool, with its hash cache.
+/// Scans the destination (without writing to it) on the blocking pool, with
+/// its hash cache.
 fn scan_destination(
     root: PathBuf,
     cache_file: PathBuf,
