@@ -56,21 +56,23 @@ pub struct PullPlan {
     pub symlinks: Vec<usize>,
     /// Bytes that will come from the mirror (before delta savings).
     pub fetch_bytes: u64,
-    /// Some directory of the snapshot is missing or has another mode or mtime.
-    pub dirs_differ: bool,
+    /// Directories to make (or make writable) first and give their mode
+    /// and mtime last: those missing or with another mode or mtime, and
+    /// those something is written into or removed from. Sorted.
+    pub dirs: Vec<usize>,
 }
 
 impl PullPlan {
     /// Nothing on disk needs to change.
     pub fn is_idle(&self) -> bool {
-        let PullPlan { removals, metadata, local_copies, deltas, whole, symlinks, fetch_bytes: _, dirs_differ } = self;
+        let PullPlan { removals, metadata, local_copies, deltas, whole, symlinks, fetch_bytes: _, dirs } = self;
         removals.is_empty()
             && metadata.is_empty()
             && local_copies.is_empty()
             && deltas.is_empty()
             && whole.is_empty()
             && symlinks.is_empty()
-            && !dirs_differ
+            && dirs.is_empty()
     }
 }
 
@@ -112,10 +114,11 @@ pub fn plan_pull(
     }
     let by_hash: HashMap<Hash, &str> =
         local.entries().iter().filter_map(|e| Some((e.file_hash()?, e.path.as_str()))).collect();
+    let (wanted_at, here_at) = (local.paired_with(snapshot), snapshot.paired_with(local));
     // Other versions of a file that stay in place: delta bases for new ones.
-    let mut kin = Kin::of(local.entries().iter().filter(|l| !delete || snapshot.get(&l.path) == Some(*l)), opts);
-    for l in local.entries().iter().rev() {
-        let wanted = snapshot.get(&l.path);
+    let staying = local.entries().iter().zip(&wanted_at).filter(|(l, w)| !delete || **w == Some(*l));
+    let mut kin = Kin::of(staying.map(|(l, _)| l), opts);
+    for (l, &wanted) in local.entries().iter().zip(&wanted_at).rev() {
         let in_the_way = wanted.is_some_and(|w| kind(w) != kind(l));
         if wanted.is_none() && !delete {
             continue;
@@ -133,12 +136,17 @@ pub fn plan_pull(
     let mut whole: BTreeMap<Hash, Vec<usize>> = BTreeMap::new();
     let mut delta_at: HashMap<Hash, usize> = HashMap::new();
     let mut order = Vec::new();
-    for (i, e) in snapshot.entries().iter().enumerate() {
-        let here = local.get(&e.path).filter(|l| kind(l) == kind(e));
+    let mut dirs = Vec::new(); // missing or with another mode or mtime
+    let mut new_dirs = Vec::new();
+    for (i, (e, here)) in snapshot.entries().iter().zip(here_at).enumerate() {
+        let here = here.filter(|l| kind(l) == kind(e));
         match &e.content {
             Content::Dir => {
+                if here.is_none() {
+                    new_dirs.push(i);
+                }
                 if here.is_none_or(|l| l.mode != e.mode || l.mtime_ns != e.mtime_ns) {
-                    plan.dirs_differ = true;
+                    dirs.push(i);
                 }
             }
             Content::Symlink(_) => {
@@ -187,7 +195,33 @@ pub fn plan_pull(
         }
     }
     plan.whole = order.into_iter().map(|h| (h, whole.remove(&h).unwrap_or_default())).collect();
+    plan.dirs = dirs_to_prepare(snapshot, &plan, dirs, &new_dirs);
     Ok(plan)
+}
+
+/// `differ` and the directories of `snapshot` the plan writes into: where
+/// it creates, replaces or removes an entry (a directory's mtime changes
+/// then, and a read-only one must be opened first). Directories nothing
+/// is written into and that already match are left alone.
+fn dirs_to_prepare(snapshot: &Manifest, plan: &PullPlan, mut differ: Vec<usize>, new_dirs: &[usize]) -> Vec<usize> {
+    let at = |i: &usize| snapshot.entries()[*i].path.as_str();
+    let written = (plan.whole.iter().flat_map(|(_, t)| t.iter()))
+        .chain(plan.deltas.iter().flat_map(|d| d.targets.iter()))
+        .chain(plan.local_copies.iter().map(|(i, _)| i))
+        .chain(&plan.symlinks)
+        .chain(new_dirs)
+        .map(at)
+        .chain(plan.removals.iter().map(String::as_str));
+    let parents: std::collections::HashSet<&str> =
+        written.filter_map(|path| path.rsplit_once('/').map(|(parent, _)| parent)).collect();
+    if parents.is_empty() {
+        return differ;
+    }
+    let into = snapshot.entries().iter().enumerate();
+    differ.extend(into.filter(|(_, e)| e.content == Content::Dir && parents.contains(e.path.as_str())).map(|(i, _)| i));
+    differ.sort_unstable();
+    differ.dedup();
+    differ
 }
 
 /// Files by family (see [`Profile::family`]) large enough to be delta bases
@@ -352,9 +386,36 @@ mod tests {
         let mut entries = snap.entries().to_vec();
         entries.iter_mut().find(|e| e.path == "a/b").unwrap().mode = 0o555;
         let plan = plan_pull(&snap, &m(entries), OPTS, false, &[]).unwrap();
-        assert!(plan.dirs_differ && !plan.is_idle(), "{plan:?}");
+        assert!(!plan.dirs.is_empty() && !plan.is_idle(), "{plan:?}");
         let missing = m(snap.entries().iter().filter(|e| e.path != "top").cloned().collect());
         assert!(!plan_pull(&snap, &missing, OPTS, false, &[]).unwrap().is_idle());
+    }
+
+    #[test]
+    fn only_directories_written_into_or_differing_are_prepared() {
+        let local = with_dirs(vec![f("a/b/old", b"o", 1), f("c/d/same", b"s", 1), f("e/stray", b"z", 1)]);
+        let mut snap = with_dirs(vec![
+            f("a/b/old", b"o", 1),
+            f("a/b/new", b"n", 1),
+            f("c/d/same", b"s", 1),
+            f("g/h/deep", b"h", 1),
+            f("e/stray", b"z", 1),
+        ])
+        .entries()
+        .to_vec();
+        snap.iter_mut().find(|e| e.path == "c").unwrap().mode = 0o555;
+        let snap = m(snap);
+        let names = |snap: &Manifest, plan: &PullPlan| -> Vec<String> {
+            plan.dirs.iter().map(|&i| snap.entries()[i].path.clone()).collect()
+        };
+        let plan = plan_pull(&snap, &local, OPTS, false, &[]).unwrap();
+        // a/b gets a file; c has another mode; g and g/h are new, and g goes into the root.
+        assert_eq!(names(&snap, &plan), ["a/b", "c", "g", "g/h"]);
+        // With --delete, e loses its stray file.
+        let snap = m(snap.entries().iter().filter(|e| e.path != "e/stray").cloned().collect());
+        let plan = plan_pull(&snap, &local, OPTS, true, &[]).unwrap();
+        assert_eq!(plan.removals, ["e/stray"]);
+        assert_eq!(names(&snap, &plan), ["a/b", "c", "e", "g", "g/h"]);
     }
 
     #[test]

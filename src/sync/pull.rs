@@ -166,9 +166,9 @@ async fn pull_inner(
             placed: Arc::default(),
             progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
         };
-        let symlinks = std::mem::take(&mut plan.symlinks);
+        let (symlinks, dirs) = (std::mem::take(&mut plan.symlinks), plan.dirs.clone());
         job.apply(client, opts, profile, plan, &mut report).await?;
-        job.finish(symlinks, cache, cache_file, sync).await?;
+        job.finish(symlinks, dirs, cache, cache_file, sync).await?;
     }
     // After a restart this pull read every file again: finding nothing to
     // repair, it knows the tree is on disk.
@@ -229,10 +229,10 @@ async fn unknown_in_the_way(root: PathBuf, local: Arc<scan::Scan>, snapshot: Arc
             None => true,
             Some((parent, _)) => local.manifest.get(parent).is_some_and(|p| p.content == Content::Dir),
         };
-        snapshot
-            .entries()
-            .iter()
-            .filter(|e| local.manifest.get(&e.path).is_none() && parent_here(&e.path))
+        let here = snapshot.paired_with(&local.manifest);
+        (snapshot.entries().iter().zip(here))
+            .filter(|(e, here)| here.is_none() && parent_here(&e.path))
+            .map(|(e, _)| e)
             .filter(|e| std::fs::symlink_metadata(root.join(&e.path)).is_ok())
             .map(|e| e.path.clone())
             .collect()
@@ -298,6 +298,7 @@ impl Job {
     async fn prepare(&self, plan: &PullPlan) -> Result<Vec<(Hash, Vec<usize>)>, SyncError> {
         let (t, m, p) = (self.tree.clone(), self.manifest.clone(), self.placed.clone());
         let (removals, copies, metadata) = (plan.removals.clone(), plan.local_copies.clone(), plan.metadata.clone());
+        let dirs = plan.dirs.clone();
         tokio::task::spawn_blocking(move || {
             let mut staged = Vec::with_capacity(copies.len());
             for (i, src) in &copies {
@@ -307,7 +308,7 @@ impl Job {
             for r in &removals {
                 t.remove(r)?;
             }
-            t.prepare_dirs(&m)?;
+            t.prepare_dirs(&m, &dirs)?;
             let mut refetch = Vec::new();
             for (i, hash, s) in staged {
                 match s {
@@ -383,6 +384,7 @@ impl Job {
     async fn finish(
         self,
         symlinks: Vec<usize>,
+        dirs: Vec<usize>,
         mut cache: HashCache,
         cache_file: PathBuf,
         sync: bool,
@@ -396,7 +398,7 @@ impl Job {
                     tree.place_symlink(e, target)?;
                 }
             }
-            tree.finish(&manifest, sync)?;
+            tree.finish(&manifest, &dirs, sync)?;
             for (path, key, hash) in placed.lock().expect("placed lock").drain(..) {
                 cache.insert(path, key, hash);
             }

@@ -19,7 +19,7 @@ use filetime::FileTime;
 
 use crate::fsutil;
 use crate::hash::{Hash, HashingWriter};
-use crate::manifest::{Content, Entry, Manifest};
+use crate::manifest::{Entry, Manifest};
 use crate::profile::STAGING_DIR;
 use crate::rpc::frames::NewFile;
 
@@ -205,24 +205,31 @@ impl Tree {
         works
     }
 
-    /// Makes every directory entry of `manifest` a real, owner-writable
-    /// directory, replacing files or symlinks standing in their place.
+    /// Makes the directory entries `dirs` of `manifest` (indices, parents
+    /// first) real, owner-writable directories, replacing files or symlinks
+    /// standing in their place.
     ///
     /// # Errors
     ///
     /// I/O errors, with the path.
-    pub fn prepare_dirs(&self, manifest: &Manifest) -> Result<()> {
-        for e in manifest.entries().iter().filter(|e| e.content == Content::Dir) {
+    pub fn prepare_dirs(&self, manifest: &Manifest, dirs: &[usize]) -> Result<()> {
+        for e in dirs.iter().map(|&i| &manifest.entries()[i]) {
             let path = self.path(&e.path);
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => self.unlock_dir(&path)?,
-                Ok(_) => {
-                    self.check_replace(&path)?;
-                    fs::remove_file(&path).map_err(at(&path))?;
-                    fs::create_dir(&path).map_err(at(&path))?;
+            // Most are new: make first, look only when something is there.
+            match fs::create_dir(&path) {
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                other => {
+                    other.map_err(at(&path))?;
+                    continue;
                 }
-                Err(err) if err.kind() == io::ErrorKind::NotFound => fs::create_dir(&path).map_err(at(&path))?,
-                Err(err) => return Err(at(&path)(err)),
+            }
+            let meta = fs::symlink_metadata(&path).map_err(at(&path))?;
+            if meta.is_dir() {
+                self.unlock_dir_from(&path, meta.permissions().mode())?;
+            } else {
+                self.check_replace(&path)?;
+                fs::remove_file(&path).map_err(at(&path))?;
+                fs::create_dir(&path).map_err(at(&path))?;
             }
         }
         Ok(())
@@ -330,16 +337,17 @@ impl Tree {
         }
     }
 
-    /// Removes the staging directory, gives directories their final modes and
+    /// Removes the staging directory, gives the directory entries `dirs` of
+    /// `manifest` (those [`Tree::prepare_dirs`] had) their final modes and
     /// mtimes, deepest first, and with `sync` (or `fsync`) runs one `syncfs`.
     ///
     /// # Errors
     ///
     /// I/O errors, with the path.
-    pub fn finish(mut self, manifest: &Manifest, sync: bool) -> Result<()> {
+    pub fn finish(mut self, manifest: &Manifest, dirs: &[usize], sync: bool) -> Result<()> {
         self.finished = true;
         remove_all(&self.staging)?;
-        for e in manifest.entries().iter().rev().filter(|e| e.content == Content::Dir) {
+        for e in dirs.iter().rev().map(|&i| &manifest.entries()[i]) {
             set_mode_and_mtime(&self.path(&e.path), e)?;
         }
         if sync || self.fsync {
@@ -352,7 +360,13 @@ impl Tree {
 impl Tree {
     /// Makes an existing directory owner-writable, remembering its mode.
     fn unlock_dir(&self, path: &Path) -> Result<()> {
-        if let Some(mode) = make_writable_dir(path)? {
+        let mode = fs::symlink_metadata(path).map_err(at(path))?.permissions().mode();
+        self.unlock_dir_from(path, mode)
+    }
+
+    /// [`Tree::unlock_dir`] for a directory whose mode is known to be `mode`.
+    fn unlock_dir_from(&self, path: &Path, mode: u32) -> Result<()> {
+        if let Some(mode) = make_writable(path, mode)? {
             self.unlocked.lock().unwrap_or_else(|e| e.into_inner()).push((path.to_path_buf(), mode));
         }
         Ok(())
@@ -367,7 +381,11 @@ fn set_mode_and_mtime(path: &Path, entry: &Entry) -> Result<()> {
 
 /// Makes a directory owner-writable; returns its previous mode if it changed.
 fn make_writable_dir(path: &Path) -> Result<Option<u32>> {
-    let mode = fs::symlink_metadata(path).map_err(at(path))?.permissions().mode();
+    make_writable(path, fs::symlink_metadata(path).map_err(at(path))?.permissions().mode())
+}
+
+/// [`make_writable_dir`] for a directory whose mode is known to be `mode`.
+fn make_writable(path: &Path, mode: u32) -> Result<Option<u32>> {
     if mode & 0o700 == 0o700 {
         return Ok(None);
     }
@@ -403,6 +421,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::manifest::Content;
 
     fn entry(path: &str, data: &[u8]) -> Entry {
         let content = Content::File(Hash::of(data));
@@ -439,7 +458,7 @@ mod tests {
             let on_disk = fs::metadata(root.join("d/a")).unwrap();
             assert_eq!((on_disk.mode() & 0o777, on_disk.mtime_nsec(), on_disk.ino()), (0o444, 123, meta.ino()));
         }
-        tree.finish(&Manifest::default(), false).unwrap();
+        tree.finish(&Manifest::default(), &[], false).unwrap();
         assert!(!root.join(STAGING_DIR).exists());
     }
 }

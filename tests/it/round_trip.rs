@@ -77,6 +77,45 @@ async fn pull_reproduces_the_pushed_tree_exactly() {
     unlock(t.path());
 }
 
+/// A pull opens, and gives back their modes and mtimes, only the
+/// directories it writes into or that differ: a read-only module tree it
+/// does not touch keeps its status-change time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_leaves_directories_it_does_not_write_into_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    for m in ["a@v1", "b@v1"] {
+        write(&src, &format!("mod/{m}/go.mod"), m.as_bytes());
+        set_mode(&src.join("mod").join(m), 0o555);
+        set_mtime(&src.join("mod").join(m), 1_300_000_000, 7);
+    }
+    set_mtime(&src.join("mod"), 1_300_000_000, 8);
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let (opts, mut client) = (options(&state), connect(&mirror.url).await);
+    let push = PushRequest { root: src.clone(), key: "k".into(), profile: Profile::Generic };
+    let pull = PullRequest::new(dst.clone(), "k");
+    sync::push(&mut client, &push, &opts).await.unwrap();
+    sync::pull(&mut client, &pull, &opts).await.unwrap();
+    assert_same_tree(&src, &dst);
+
+    // A new file in the read-only a@v1, a new module beside it.
+    set_mode(&src.join("mod/a@v1"), 0o755);
+    write(&src, "mod/a@v1/new.go", b"package a");
+    set_mode(&src.join("mod/a@v1"), 0o555);
+    set_mtime(&src.join("mod/a@v1"), 1_300_000_100, 9);
+    write(&src, "mod/c@v1/go.mod", b"c");
+    set_mtime(&src.join("mod"), 1_300_000_200, 0);
+    sync::push(&mut client, &push, &opts).await.unwrap();
+    let before = change_times(&dst.join("mod/b@v1"));
+    let a_before = change_times(&dst.join("mod/a@v1"));
+    std::thread::sleep(std::time::Duration::from_millis(50)); // past the clock tick of ctime
+    sync::pull(&mut client, &pull, &opts).await.unwrap();
+    assert_same_tree(&src, &dst);
+    assert_eq!(change_times(&dst.join("mod/b@v1")), before, "an untouched module tree was written");
+    assert_ne!(change_times(&dst.join("mod/a@v1"))[0], a_before[0], "a@v1 was written into");
+    unlock(t.path());
+}
+
 /// The status-change time of every directory and file under `root` (and of `root`).
 fn change_times(root: &std::path::Path) -> Vec<(std::path::PathBuf, i64, i64)> {
     use std::os::unix::fs::MetadataExt;
