@@ -3,7 +3,7 @@
 //! exchange, and the boot id.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Flushes every dirty page of the file system holding `path` (`syncfs(2)`).
 ///
@@ -27,10 +27,7 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
 ///
 /// The first I/O error; `path` then keeps its old content.
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("a file path needs a parent directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    let (dir, tmp) = write_beside(path, bytes)?;
     if durable {
         std::fs::File::open(&tmp)?.sync_all()?;
     }
@@ -39,6 +36,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> 
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// [`write_atomic`] for a file its reader checks (by a hash kept elsewhere):
+/// the new file takes the old one's place by [`replace`], so the call does
+/// not wait for ext4 to write it back, and a crash may leave it short.
+///
+/// # Errors
+///
+/// The first I/O error; `path` then keeps its old content.
+pub fn write_checked(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (_, tmp) = write_beside(path, bytes)?;
+    replace(&tmp, path)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, creating the
+/// directory; returns the directory and the file.
+fn write_beside<'p>(path: &'p Path, bytes: &[u8]) -> io::Result<(&'p Path, PathBuf)> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("a file path needs a parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    Ok((dir, tmp))
 }
 
 /// Creates an unnamed file in directory `dir` (`O_TMPFILE`): it has no name
@@ -221,5 +240,27 @@ mod tests {
         let e = replace(&missing, &dest).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert_eq!(std::fs::read(&dest).unwrap(), b"new", "a failed replace leaves the destination alone");
+    }
+
+    #[test]
+    fn written_files_replace_the_old_whole_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.bin");
+        for (bytes, durable) in [(&b"first"[..], false), (b"second", true)] {
+            write_atomic(&path, bytes, durable).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+        let other = dir.path().join("other");
+        std::fs::hard_link(&path, &other).unwrap();
+        write_checked(&path, b"third").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"third");
+        assert_eq!(std::fs::read(&other).unwrap(), b"second", "the old file was swapped out, not written over");
+        write_checked(&dir.path().join("new/fresh.bin"), b"fresh").unwrap();
+        let left: Vec<_> = walkdir::WalkDir::new(dir.path())
+            .into_iter()
+            .flatten()
+            .filter(|e| e.path().extension() == Some("tmp".as_ref()))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

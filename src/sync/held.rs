@@ -5,8 +5,9 @@
 //!
 //! One file per root, replaced atomically, never larger than a manifest the
 //! protocol accepts. It is trusted only when its blake3 is the manifest id of
-//! the base record: a file that was tampered with, or that a crash left
-//! older than the record, is ignored (the manifest then travels whole).
+//! the base record: a file that was tampered with, that a crash left older
+//! than the record, or that a transfer stored before it stopped, is ignored
+//! (the manifest then travels whole).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +40,8 @@ fn read_known(path: &Path, id: Hash) -> Option<Known> {
     let len = std::fs::metadata(path).ok()?.len();
     let bytes = (len <= MAX_MANIFEST).then(|| std::fs::read(path).ok()).flatten();
     let Some(bytes) = bytes.filter(|b| Hash::of(b) == id) else {
-        warn!(path = %path.display(), manifest = %id, "the stored base manifest does not match its record; ignoring it");
+        // A transfer that stopped after storing its manifest leaves this too.
+        debug!(path = %path.display(), manifest = %id, "the stored base manifest does not match its record; ignoring it");
         return None;
     };
     match Manifest::decode(&bytes) {
@@ -51,11 +53,15 @@ fn read_known(path: &Path, id: Hash) -> Option<Known> {
     }
 }
 
-/// Stores `manifest` as what `root` holds; call before the base record
-/// that names it is written. A failure is logged: the next transfer then
-/// moves the whole manifest.
-pub async fn save(state_dir: &Path, root: &Path, manifest: Arc<Manifest>) {
-    write(held_path(state_dir, root), manifest).await;
+/// Stores `manifest` as what `root` holds. The write starts at once, on the
+/// blocking pool; await it before writing the base record that names the
+/// manifest. A failure is logged: the next transfer then moves the whole
+/// manifest.
+pub fn save(state_dir: &Path, root: &Path, manifest: Arc<Manifest>) -> impl Future<Output = ()> + use<> {
+    let written = write(held_path(state_dir, root), manifest);
+    async move {
+        written.await;
+    }
 }
 
 fn parked_path(state_dir: &Path, root: &Path) -> PathBuf {
@@ -74,23 +80,23 @@ pub async fn unpark(state_dir: &Path, root: &Path, id: Hash) -> Option<Known> {
     tokio::task::spawn_blocking(move || read_known(&path, id)).await.expect("load task panicked")
 }
 
-async fn write(path: PathBuf, manifest: Arc<Manifest>) -> bool {
-    let saved = tokio::task::spawn_blocking(move || {
+/// Starts writing `manifest` to `path`; the future tells whether it was stored.
+fn write(path: PathBuf, manifest: Arc<Manifest>) -> impl Future<Output = bool> {
+    let saving = tokio::task::spawn_blocking(move || {
         let bytes = manifest.encode();
-        (bytes.len() as u64 <= MAX_MANIFEST)
-            .then(|| crate::fsutil::write_atomic(&path, &bytes, false).map_err(|e| (path, e)))
-    })
-    .await
-    .expect("save task panicked");
-    match saved {
-        Some(Ok(())) => true,
-        Some(Err((path, e))) => {
-            warn!(path = %path.display(), error = %e, "could not store the base manifest");
-            false
-        }
-        None => {
-            debug!("the base manifest is larger than the protocol allows; not stored");
-            false
+        (bytes.len() as u64 <= MAX_MANIFEST).then(|| crate::fsutil::write_checked(&path, &bytes).map_err(|e| (path, e)))
+    });
+    async move {
+        match saving.await.expect("save task panicked") {
+            Some(Ok(())) => true,
+            Some(Err((path, e))) => {
+                warn!(path = %path.display(), error = %e, "could not store the base manifest");
+                false
+            }
+            None => {
+                debug!("the base manifest is larger than the protocol allows; not stored");
+                false
+            }
         }
     }
 }

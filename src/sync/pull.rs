@@ -139,6 +139,8 @@ async fn pull_inner(
     let unknown = unknown_in_the_way(req.root.clone(), local.clone(), manifest.clone()).await;
     let popts = opts.plan_options(profile, client);
     let mut plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
+    // Stored while the pull works; it counts once the base record names it.
+    let saving = (via != Via::Held).then(|| super::held::save(&opts.state_dir, &req.root, fetched.manifest.clone()));
     let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
     let sync = opts.fsync || (writes && !durability::mark(&opts.state_dir, &req.root));
     let mut report = Report {
@@ -156,9 +158,9 @@ async fn pull_inner(
         missing,
         ..Report::default()
     };
-    if plan.is_idle() {
-        // Nothing on disk changes: no staging directory, no directory touched.
-        tokio::task::spawn_blocking(move || save_cache(&cache, &cache_file)).await.expect("save task panicked");
+    // Nothing on disk changes when idle: no staging directory, no directory touched.
+    let cache = if plan.is_idle() {
+        cache
     } else {
         let job = Job {
             tree: Arc::new(open_tree(req, opts).await?),
@@ -168,17 +170,19 @@ async fn pull_inner(
         };
         let (symlinks, dirs) = (std::mem::take(&mut plan.symlinks), plan.dirs.clone());
         job.apply(client, opts, profile, plan, &mut report).await?;
-        job.finish(symlinks, dirs, cache, cache_file, sync).await?;
-    }
+        job.finish(symlinks, dirs, cache, sync).await?
+    };
+    let cache_saved = tokio::task::spawn_blocking(move || save_cache(&cache, &cache_file));
     // After a restart this pull read every file again: finding nothing to
     // repair, it knows the tree is on disk.
     if sync || (rebooted && !writes) {
         durability::clear(&opts.state_dir, &req.root);
     }
-    if via != Via::Held {
-        super::held::save(&opts.state_dir, &req.root, fetched.manifest).await;
+    if let Some(saving) = saving {
+        saving.await;
     }
     save_base(&opts.state_dir, &req.root, &Base::of(&snapshot, client));
+    cache_saved.await.expect("save task panicked");
     report.finish(client, started);
     info!(key = %report.key, generation = report.generation, files = report.files, bytes_received = report.bytes_received, "pull finished");
     Ok(report)
@@ -380,18 +384,18 @@ impl Job {
         Ok(())
     }
 
-    /// Symlinks, final directory modes and mtimes, the sync if asked, the hash cache.
+    /// Symlinks, final directory modes and mtimes, the sync if asked; returns
+    /// `cache` with what was placed.
     async fn finish(
         self,
         symlinks: Vec<usize>,
         dirs: Vec<usize>,
         mut cache: HashCache,
-        cache_file: PathBuf,
         sync: bool,
-    ) -> Result<(), SyncError> {
+    ) -> Result<HashCache, SyncError> {
         let Job { tree, manifest, placed, .. } = self;
         let tree = Arc::into_inner(tree).expect("no other tree users remain");
-        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+        tokio::task::spawn_blocking(move || -> Result<HashCache, SyncError> {
             for i in symlinks {
                 let e = &manifest.entries()[i];
                 if let Content::Symlink(target) = &e.content {
@@ -402,8 +406,7 @@ impl Job {
             for (path, key, hash) in placed.lock().expect("placed lock").drain(..) {
                 cache.insert(path, key, hash);
             }
-            save_cache(&cache, &cache_file);
-            Ok(())
+            Ok(cache)
         })
         .await
         .expect("finish task panicked")

@@ -55,7 +55,20 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     let started = Instant::now();
     req.validate()?;
     super::make_durable(&opts.state_dir, &req.root).await?;
-    let scanned = scan_root(req, opts).await?;
+    let (scanned, cache_saved) = scan_root(req, opts).await?;
+    let result = push_scanned(client, req, opts, scanned, started).await;
+    cache_saved.await.expect("save task panicked");
+    result
+}
+
+/// [`push`] once the root is scanned.
+async fn push_scanned(
+    client: &mut Client,
+    req: &PushRequest,
+    opts: &SyncOptions,
+    scanned: scan::Scan,
+    started: Instant,
+) -> Result<Report, SyncError> {
     let local = match req.profile {
         Profile::GoModTrees => without_partial_trees(&req.root, scanned.manifest)?,
         _ => scanned.manifest,
@@ -221,19 +234,23 @@ fn without_partial_trees(
     Ok(crate::manifest::Manifest::new(kept).map_err(scan::ScanError::from)?)
 }
 
-/// Scans the root, reusing and refreshing its hash cache.
-async fn scan_root(req: &PushRequest, opts: &SyncOptions) -> Result<scan::Scan, SyncError> {
+/// Scans the root, reusing its hash cache, and starts saving the refreshed
+/// cache while the push goes on (the task ends when it is saved).
+async fn scan_root(
+    req: &PushRequest,
+    opts: &SyncOptions,
+) -> Result<(scan::Scan, tokio::task::JoinHandle<()>), SyncError> {
     let cache_file = cache_path(&opts.state_dir, &req.root);
     let (root, profile) = (req.root.clone(), req.profile);
-    let scanned = tokio::task::spawn_blocking(move || {
+    let (scanned, cache) = tokio::task::spawn_blocking(move || {
         let mut cache = HashCache::load(&cache_file);
         let s = scan::scan(&root, profile, &mut cache);
-        save_cache(&cache, &cache_file);
-        s
+        (s, (cache, cache_file))
     })
     .await
-    .expect("scan task panicked")?;
-    Ok(scanned)
+    .expect("scan task panicked");
+    let saved = tokio::task::spawn_blocking(move || save_cache(&cache.0, &cache.1));
+    Ok((scanned?, saved))
 }
 
 /// Sends the planned blobs, except those the mirror can unpack from an
