@@ -92,7 +92,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_tracing(&settings, matches!(cli.command, Command::Mirror(_) | Command::Agent(_))) {
+    let daemon = matches!(cli.command, Command::Mirror(_) | Command::Agent(_));
+    if let Err(e) = init_tracing(&settings, daemon) {
         eprintln!("cachesync: {e}");
         return ExitCode::from(2);
     }
@@ -109,15 +110,17 @@ fn main() -> ExitCode {
     // On a worker thread, not this one: the tasks it wakes and is woken by run
     // there, and a wake-up between workers costs less than parking this thread.
     let run = runtime.spawn(cachesync::commands::run(cli.command, settings));
-    let code = match runtime.block_on(run).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
-        Ok(()) => 0,
+    match runtime.block_on(run).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
+        // A command that finished has nothing left running: exit without
+        // winding the runtime's threads down and handing their memory back
+        // (a few ms per push or pull). Stdout is flushed by `exit`.
+        Ok(()) if !daemon => std::process::exit(0),
+        Ok(()) => ExitCode::SUCCESS,
+        // Dropping the runtime waits for blocking tasks, which clean up after
+        // a command that stopped half way (a pull's staging directory).
         Err(e) => {
             eprintln!("cachesync: {}", one_line(&e));
-            1
+            ExitCode::FAILURE
         }
-    };
-    // The command has finished, and whatever it wrote is in place: exit
-    // without waiting for the runtime's threads to wind down and hand back
-    // their memory (a few ms per command). Stdout is flushed by `exit`.
-    std::process::exit(code)
+    }
 }
