@@ -1,5 +1,7 @@
 //! Pull: restore a snapshot into a local root, moving only what differs.
 
+mod prepared;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -7,6 +9,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use self::prepared::Prepared;
 use super::durability::{self, Pending};
 use super::plan::{PlannedDelta, PullPlan, plan_pull};
 use super::tree::Tree;
@@ -167,6 +170,7 @@ async fn pull_inner(
             manifest,
             placed: Arc::default(),
             progress: Progress::bytes("pull", plan.fetch_bytes, opts.progress),
+            prepared: Arc::default(),
         };
         let (symlinks, dirs) = (std::mem::take(&mut plan.symlinks), plan.dirs.clone());
         job.apply(client, opts, profile, plan, &mut report).await?;
@@ -258,6 +262,8 @@ struct Job {
     manifest: Arc<Manifest>,
     placed: Placed,
     progress: Progress,
+    /// Open once [`Job::prepare`] has made the directories.
+    prepared: Arc<Prepared>,
 }
 
 impl Job {
@@ -271,24 +277,28 @@ impl Job {
         mut plan: PullPlan,
         report: &mut Report,
     ) -> Result<(), SyncError> {
-        let refetch = self.prepare(&plan).await?;
         // Over loopback compression only costs CPU: ask the mirror not to.
         let level = client.wire_level(opts.compression_level);
         // Whole blobs first: some are the bases of deltas (another version of a file).
-        let whole: Vec<_> = plan.whole.iter().cloned().chain(refetch).collect();
+        let whole = std::mem::take(&mut plan.whole);
         // Tree files come out of the zips this pull brings (or has), not over the wire.
         let (whole, archives) = match opts.unpack.applies(client) {
             true => unpack::split(profile, &self.manifest, whole, &mut plan.deltas),
             false => (whole, Vec::new()),
         };
         report.blobs_whole = whole.len() as u64;
-        self.fetch_whole(client, whole, opts.streams, level).await?;
+        // The first blobs travel while the directories are made.
+        let (refetch, fetched) =
+            tokio::join!(self.prepare(&plan), self.fetch_whole(client, whole, opts.streams, level));
+        let refetch = refetch?;
+        fetched?;
         let (deltas, mut failed) = self.fetch_deltas(client, &plan).await;
         report.blobs_delta = deltas;
         // Last: a zip may have come as a delta (a new version against another).
         let (unpacked, failed_unpacks) = self.unpack(archives).await;
         report.blobs_unpacked = unpacked;
         failed.extend(failed_unpacks);
+        failed.extend(refetch);
         report.blobs_whole += failed.len() as u64;
         self.fetch_whole(client, failed, opts.streams, level).await?;
         self.progress.finish();
@@ -302,19 +312,24 @@ impl Job {
     async fn prepare(&self, plan: &PullPlan) -> Result<Vec<(Hash, Vec<usize>)>, SyncError> {
         let (t, m, p) = (self.tree.clone(), self.manifest.clone(), self.placed.clone());
         let (removals, copies, metadata) = (plan.removals.clone(), plan.local_copies.clone(), plan.metadata.clone());
-        let dirs = plan.dirs.clone();
+        let (dirs, prepared) = (plan.dirs.clone(), self.prepared.clone());
         tokio::task::spawn_blocking(move || {
-            let mut staged = Vec::with_capacity(copies.len());
-            for (i, src) in &copies {
-                let hash = m.entries()[*i].file_hash().expect("copies are files");
-                staged.push((*i, hash, t.stage_copy(&t.path(src), hash)?));
-            }
-            for r in &removals {
-                t.remove(r)?;
-            }
-            t.prepare_dirs(&m, &dirs)?;
+            let made = (|| -> Result<_, SyncError> {
+                let mut staged = Vec::with_capacity(copies.len());
+                for (i, src) in &copies {
+                    let hash = m.entries()[*i].file_hash().expect("copies are files");
+                    staged.push((*i, hash, t.stage_copy(&t.path(src), hash)?));
+                }
+                for r in &removals {
+                    t.remove(r)?;
+                }
+                t.prepare_dirs(&m, &dirs)?;
+                Ok(staged)
+            })();
+            // Whole blobs may be written from here on.
+            prepared.open(made.is_ok());
             let mut refetch = Vec::new();
-            for (i, hash, s) in staged {
+            for (i, hash, s) in made? {
                 match s {
                     Some(s) => place(&t, &s, &m.entries()[i], &p)?,
                     None => refetch.push((hash, vec![i])),
@@ -477,8 +492,11 @@ impl Job {
         let targets = Arc::new(Mutex::new(targets));
         let (t, p, prog, left) = (tree.clone(), placed.clone(), progress.clone(), targets.clone());
         // Each blob is written in the directories of its entries, so that it can be linked in place.
-        let (t2, dests) = (tree.clone(), targets.clone());
+        let (t2, dests, prepared) = (tree.clone(), targets.clone(), self.prepared.clone());
         let new_file = move |hash: &Hash| {
+            if !prepared.wait() {
+                return Err(std::io::Error::other("the destination could not be prepared"));
+            }
             match dests.lock().expect("targets lock").get(hash) {
                 Some(entries) => t2.new_file(&entries[0].path, entries[1..].iter().map(|e| e.path.as_str())),
                 None => t2.staging_file().map(NewFile::named), // refused by the handler
