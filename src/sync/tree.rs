@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
+use rayon::prelude::*;
 
 use crate::fsutil;
 use crate::hash::{Hash, HashingWriter};
@@ -347,8 +348,19 @@ impl Tree {
     pub fn finish(mut self, manifest: &Manifest, dirs: &[usize], sync: bool) -> Result<()> {
         self.finished = true;
         remove_all(&self.staging)?;
-        for e in dirs.iter().rev().map(|&i| &manifest.entries()[i]) {
-            set_mode_and_mtime(&self.path(&e.path), e)?;
+        // Deepest first, so that no directory loses its search permission
+        // before those under it are done; the directories of one depth on
+        // every core (a mode or mtime set under a directory leaves its mtime).
+        let mut by_depth: Vec<Vec<&Entry>> = Vec::new();
+        for e in dirs.iter().map(|&i| &manifest.entries()[i]) {
+            let depth = e.path.matches('/').count();
+            if by_depth.len() <= depth {
+                by_depth.resize_with(depth + 1, Vec::new);
+            }
+            by_depth[depth].push(e);
+        }
+        for level in by_depth.iter().rev() {
+            level.par_iter().try_for_each(|e| set_mode_and_mtime(&self.path(&e.path), e))?;
         }
         if sync || self.fsync {
             fsutil::syncfs(&self.root).map_err(at(&self.root))?;
@@ -426,6 +438,34 @@ mod tests {
     fn entry(path: &str, data: &[u8]) -> Entry {
         let content = Content::File(Hash::of(data));
         Entry { path: path.into(), size: data.len() as u64, mode: 0o444, mtime_ns: 1_000_000_000_123, content }
+    }
+
+    #[test]
+    fn directories_are_made_writable_and_get_their_modes_and_mtimes_last() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let dir = |path: &str, mode: u32, secs: i64| Entry {
+            path: path.into(),
+            size: 0,
+            mode,
+            mtime_ns: secs * 1_000_000_000 + 7,
+            content: Content::Dir,
+        };
+        let mut entries = vec![dir("a", 0o555, 1), dir("a/b", 0o500, 2), dir("a/b/c", 0o700, 3), dir("z", 0o755, 4)];
+        entries.extend((0..40).map(|i| dir(&format!("a/b/c/d{i}"), 0o555, 5 + i)));
+        let m = Manifest::new(entries).unwrap();
+        let all: Vec<usize> = (0..m.entries().len()).collect();
+        let tree = Tree::open(&root, false, false).unwrap();
+        tree.prepare_dirs(&m, &all).unwrap();
+        for e in m.entries() {
+            fs::write(root.join(&e.path).join("f"), b"x").unwrap(); // writable until the end
+        }
+        tree.finish(&m, &all, false).unwrap();
+        for e in m.entries() {
+            let meta = fs::metadata(root.join(&e.path)).unwrap();
+            assert_eq!((meta.mode() & 0o777, meta.mtime(), meta.mtime_nsec()), (e.mode, e.mtime_ns / 1_000_000_000, 7));
+        }
+        crate::sync::tree::remove_all(&root).unwrap();
     }
 
     #[test]
