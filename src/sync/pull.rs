@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use self::prepared::Prepared;
+use self::prepared::{FailUnlessOpened, Prepared};
 use super::durability::{self, Pending};
 use super::plan::{PlannedDelta, PullPlan, plan_pull};
 use super::tree::Tree;
@@ -314,6 +314,7 @@ impl Job {
         let (removals, copies, metadata) = (plan.removals.clone(), plan.local_copies.clone(), plan.metadata.clone());
         let (dirs, prepared) = (plan.dirs.clone(), self.prepared.clone());
         tokio::task::spawn_blocking(move || {
+            let _opened = FailUnlessOpened(prepared.clone());
             let made = (|| -> Result<_, SyncError> {
                 let mut staged = Vec::with_capacity(copies.len());
                 for (i, src) in &copies {

@@ -11,9 +11,10 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-    /// Lets every waiter go on; `ok`: preparing succeeded.
+    /// Lets every waiter go on; `ok`: preparing succeeded. Only the first
+    /// call counts.
     pub(super) fn open(&self, ok: bool) {
-        *self.done.lock().expect("prepared lock") = Some(ok);
+        self.done.lock().expect("prepared lock").get_or_insert(ok);
         self.changed.notify_all();
     }
 
@@ -21,6 +22,16 @@ impl Prepared {
     pub(super) fn wait(&self) -> bool {
         let done = self.done.lock().expect("prepared lock");
         self.changed.wait_while(done, |d| d.is_none()).expect("prepared lock").unwrap_or(false)
+    }
+}
+
+/// Opens `Prepared` as failed when dropped before it was opened (the task
+/// that prepares panicked): writers never wait for ever.
+pub(super) struct FailUnlessOpened(pub(super) std::sync::Arc<Prepared>);
+
+impl Drop for FailUnlessOpened {
+    fn drop(&mut self) {
+        self.0.open(false);
     }
 }
 
@@ -49,6 +60,15 @@ mod tests {
                 assert_eq!(w.join().unwrap(), (ok, true), "a writer went on before it opened");
             }
             assert_eq!(prepared.wait(), ok, "open stays open");
+            drop(FailUnlessOpened(prepared.clone()));
+            assert_eq!(prepared.wait(), ok, "the first opening counts");
         }
+        let prepared = Arc::new(Prepared::default());
+        let waiter = {
+            let p = prepared.clone();
+            std::thread::spawn(move || p.wait())
+        };
+        drop(FailUnlessOpened(prepared));
+        assert!(!waiter.join().unwrap(), "a preparer that never opened it fails its writers");
     }
 }
