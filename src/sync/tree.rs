@@ -391,12 +391,8 @@ fn set_mode_and_mtime(path: &Path, entry: &Entry) -> Result<()> {
     filetime::set_file_mtime(path, mtime(entry.mtime_ns)).map_err(at(path))
 }
 
-/// Makes a directory owner-writable; returns its previous mode if it changed.
-fn make_writable_dir(path: &Path) -> Result<Option<u32>> {
-    make_writable(path, fs::symlink_metadata(path).map_err(at(path))?.permissions().mode())
-}
-
-/// [`make_writable_dir`] for a directory whose mode is known to be `mode`.
+/// Makes a directory whose mode is `mode` owner-writable; returns its
+/// previous mode if it changed.
 fn make_writable(path: &Path, mode: u32) -> Result<Option<u32>> {
     if mode & 0o700 == 0o700 {
         return Ok(None);
@@ -420,7 +416,7 @@ pub fn remove_all(path: &Path) -> Result<()> {
     if !meta.is_dir() {
         return fs::remove_file(path).map_err(at(path));
     }
-    make_writable_dir(path)?;
+    make_writable(path, meta.permissions().mode())?;
     for child in fs::read_dir(path).map_err(at(path))? {
         remove_all(&child.map_err(at(path))?.path())?;
     }
