@@ -260,12 +260,12 @@ impl Base<'_> {
         u32::from_be_bytes(self.signature[8..12].try_into().expect("a checked header")) as usize
     }
 
-    /// The commands that build the chunk of the new file at offset `at`
-    /// (a delta without its magic and end command). Blocks still where the base had them (an edit in
-    /// place leaves all but a few) are found by comparing the chunk's own
-    /// signature, computed on 8 lanes, with the base's entry by entry; only
-    /// the runs between them go through `fast_rsync`'s rolling search, which
-    /// hashes each candidate block alone.
+    /// The commands that build the chunk of the new file at offset `at` (a
+    /// delta without its magic and end command). Blocks still where the
+    /// base had them (an edit in place leaves all but a few) are found by
+    /// comparing the chunk's own signature, computed on 8 lanes, with the
+    /// base's entry by entry; only the runs between them go through
+    /// `fast_rsync`'s rolling search, which hashes each candidate block alone.
     fn diff(&self, at: u64, chunk: &[u8]) -> Result<Vec<u8>, DeltaError> {
         let (b, entry) = (self.block_size(), 4 + self.hash_size());
         let mut out = Vec::new();

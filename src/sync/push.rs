@@ -242,14 +242,14 @@ async fn scan_root(
 ) -> Result<(scan::Scan, tokio::task::JoinHandle<()>), SyncError> {
     let cache_file = cache_path(&opts.state_dir, &req.root);
     let (root, profile) = (req.root.clone(), req.profile);
-    let (scanned, cache) = tokio::task::spawn_blocking(move || {
+    let (scanned, cache, cache_file) = tokio::task::spawn_blocking(move || {
         let mut cache = HashCache::load(&cache_file);
         let s = scan::scan(&root, profile, &mut cache);
-        (s, (cache, cache_file))
+        (s, cache, cache_file)
     })
     .await
     .expect("scan task panicked");
-    let saved = tokio::task::spawn_blocking(move || save_cache(&cache.0, &cache.1));
+    let saved = tokio::task::spawn_blocking(move || save_cache(&cache, &cache_file));
     Ok((scanned?, saved))
 }
 
