@@ -122,22 +122,33 @@ impl Store {
     ///
     /// Backend errors; corrupt records.
     pub async fn snapshots(&self, key: &str) -> Result<Vec<SnapshotRecord>> {
+        let locations = self.record_locations(key).await?;
+        let mut out = Vec::with_capacity(locations.len());
+        for location in &locations {
+            out.push(self.read_record(location).await?);
+        }
+        Ok(out)
+    }
+
+    /// Where a key's snapshot records are, oldest first (generations are
+    /// zero-padded: their names sort as their numbers do).
+    async fn record_locations(&self, key: &str) -> Result<Vec<ObjPath>> {
         check_key(key)?;
         let dir = snap_dir(key);
-        let mut metas: Vec<_> = self
+        let metas: Vec<_> = self
             .durable
             .list(Some(&dir))
             .try_collect()
             .await
             .map_err(|source| StoreError::Backend { what: format!("list {dir}"), source })?;
         // Only direct children: `keys/a/@snap/…`, not `keys/a/b/@snap/…`.
-        metas.retain(|m| m.location.prefix_matches(&dir) && m.location.parts().count() == dir.parts().count() + 1);
-        metas.sort_by(|a, b| a.location.cmp(&b.location));
-        let mut out = Vec::with_capacity(metas.len());
-        for m in metas {
-            out.push(self.read_record(&m.location).await?);
-        }
-        Ok(out)
+        let mut locations: Vec<ObjPath> = metas
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|l| l.prefix_matches(&dir) && l.parts().count() == dir.parts().count() + 1)
+            .collect();
+        locations.sort();
+        Ok(locations)
     }
 
     pub(super) async fn read_record(&self, location: &ObjPath) -> Result<SnapshotRecord> {
@@ -146,13 +157,16 @@ impl Store {
             .map_err(|e| StoreError::Corrupt { what: location.to_string(), why: e.to_string() })
     }
 
-    /// The newest snapshot of a key, if any.
+    /// The newest snapshot of a key, if any. Only its record is read.
     ///
     /// # Errors
     ///
-    /// Backend errors; corrupt records.
+    /// Backend errors; a corrupt newest record.
     pub async fn latest(&self, key: &str) -> Result<Option<SnapshotRecord>> {
-        Ok(self.snapshots(key).await?.pop())
+        match self.record_locations(key).await?.last() {
+            Some(location) => Ok(Some(self.read_record(location).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The newest snapshot of every key starting with `prefix`, sorted by key.
@@ -215,9 +229,13 @@ impl Store {
 
     /// A key's newest snapshot written by one of `trusted` (any writer when empty).
     async fn newest_trusted(&self, key: &str, trusted: &[String]) -> Result<Option<SnapshotRecord>> {
-        if trusted.is_empty() {
-            return self.latest(key).await;
+        // Records are read newest first, up to the first that qualifies.
+        for location in self.record_locations(key).await?.iter().rev() {
+            let s = self.read_record(location).await?;
+            if trusted.is_empty() || trusted.contains(&s.writer) {
+                return Ok(Some(s));
+            }
         }
-        Ok(self.snapshots(key).await?.into_iter().rev().find(|s| trusted.contains(&s.writer)))
+        Ok(None)
     }
 }

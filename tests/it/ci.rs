@@ -52,6 +52,29 @@ async fn restore_keys_fall_back_in_order_newest_snapshot_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reads_the_newest_record_of_a_key_not_every_older_one() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let mirror = spawn_mirror(&store).await;
+    let root = t.path().join("src");
+    for i in 0..3 {
+        write(&root, "which", format!("{i}").as_bytes());
+        push_tree(&mirror.url, &root, "ci/many", &t.path().join("s")).await;
+    }
+    // An old record that no longer parses: only a listing of every snapshot needs it.
+    let old = store.join("keys/ci/many/@snap").join(format!("{:020}", 1));
+    assert!(old.is_file(), "{}", old.display());
+    std::fs::write(&old, b"not json").unwrap();
+    let mut client = connect(&mirror.url).await;
+    let newest = client.resolve("ci/many", &[]).await.unwrap().unwrap();
+    assert_eq!(newest.generation, 3);
+    let trusted = client.resolve_trusted("ci/many", &[], std::slice::from_ref(&newest.writer)).await.unwrap().unwrap();
+    assert_eq!(trusted.generation, 3);
+    let fallback = client.resolve("ci/other", &["ci/".into()]).await.unwrap().unwrap();
+    assert_eq!((fallback.key.as_str(), fallback.generation), ("ci/many", 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_restore_add_and_save_and_the_next_job_gets_the_union() {
     let t = tempfile::tempdir().unwrap();
     let mirror = spawn_mirror(&t.path().join("store")).await;
