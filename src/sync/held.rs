@@ -24,10 +24,11 @@ fn held_path(state_dir: &Path, root: &Path) -> PathBuf {
 }
 
 /// The manifest `root` was last pulled from or pushed as, if its stored copy
-/// matches the base record.
-pub async fn load(state_dir: &Path, root: &Path) -> Option<Known> {
+/// matches the base record. The read starts at once, on the blocking pool.
+pub fn load(state_dir: &Path, root: &Path) -> impl Future<Output = Option<Known>> + use<> {
     let (state_dir, root) = (state_dir.to_path_buf(), root.to_path_buf());
-    tokio::task::spawn_blocking(move || load_blocking(&state_dir, &root)).await.expect("load task panicked")
+    let loading = tokio::task::spawn_blocking(move || load_blocking(&state_dir, &root));
+    async move { loading.await.expect("load task panicked") }
 }
 
 fn load_blocking(state_dir: &Path, root: &Path) -> Option<Known> {
@@ -35,19 +36,16 @@ fn load_blocking(state_dir: &Path, root: &Path) -> Option<Known> {
     read_known(&held_path(state_dir, root), id)
 }
 
-/// The manifest stored at `path`, if it is `id`.
+/// The manifest stored at `path`, if it is `id`. It was validated before
+/// this program stored it: matching `id` is enough.
 fn read_known(path: &Path, id: Hash) -> Option<Known> {
     let len = std::fs::metadata(path).ok()?.len();
-    let bytes = (len <= MAX_MANIFEST).then(|| std::fs::read(path).ok()).flatten();
-    let Some(bytes) = bytes.filter(|b| Hash::of(b) == id) else {
-        // A transfer that stopped after storing its manifest leaves this too.
-        debug!(path = %path.display(), manifest = %id, "the stored base manifest does not match its record; ignoring it");
-        return None;
-    };
-    match Manifest::decode(&bytes) {
+    let bytes = (len <= MAX_MANIFEST).then(|| std::fs::read(path).ok()).flatten()?;
+    match Manifest::decode_stored(&bytes, &id) {
         Ok(manifest) => Some(Known { id, manifest: Arc::new(manifest) }),
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "the stored base manifest does not decode; ignoring it");
+            // A transfer that stopped after storing its manifest leaves this too.
+            debug!(path = %path.display(), manifest = %id, error = %e, "the stored base manifest is not the one its record names; ignoring it");
             None
         }
     }

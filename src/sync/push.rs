@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use super::plan::{Upload, plan_push};
@@ -16,9 +19,10 @@ use crate::hash::cache::HashCache;
 use crate::manifest::{Known, Manifest};
 use crate::profile::Profile;
 use crate::progress::Progress;
-use crate::rpc::client::Client;
+use crate::rpc::client::{Client, ClientError};
 use crate::rpc::frames::{self, Check, DeltaWriter, FrameError};
 use crate::scan;
+use crate::store::SnapshotRecord;
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -55,10 +59,29 @@ pub async fn push(client: &mut Client, req: &PushRequest, opts: &SyncOptions) ->
     let started = Instant::now();
     req.validate()?;
     super::make_durable(&opts.state_dir, &req.root).await?;
+    // What the push needs besides the scan is fetched while the scan runs:
+    // the key's newest snapshot, and the manifest this root was last
+    // pulled from or pushed as (wasted when nothing changed).
+    let base = load_base(&opts.state_dir, &req.root);
+    let held = base.is_some().then(|| super::held::load(&opts.state_dir, &req.root).boxed());
+    let newest = {
+        let (mut client, key) = (client.clone(), req.key.clone());
+        tokio::spawn(async move { client.resolve(&key, &[]).await })
+    };
     let (scanned, cache_saved) = scan_root(req, opts).await?;
-    let result = push_scanned(client, req, opts, scanned, started).await;
+    let result = push_scanned(client, req, opts, scanned, Fetching { base, held, newest }, started).await;
     cache_saved.await.expect("save task panicked");
     result
+}
+
+/// What a push fetches while it scans.
+struct Fetching {
+    /// This root's base record.
+    base: Option<Base>,
+    /// The manifest the base record names, if this side holds it.
+    held: Option<BoxFuture<'static, Option<Known>>>,
+    /// The key's newest snapshot.
+    newest: JoinHandle<Result<Option<SnapshotRecord>, ClientError>>,
 }
 
 /// [`push`] once the root is scanned.
@@ -67,6 +90,7 @@ async fn push_scanned(
     req: &PushRequest,
     opts: &SyncOptions,
     scanned: scan::Scan,
+    fetching: Fetching,
     started: Instant,
 ) -> Result<Report, SyncError> {
     let local = match req.profile {
@@ -82,7 +106,7 @@ async fn push_scanned(
         manifest: local.id().to_hex(),
         ..Report::default()
     };
-    let base = load_base(&opts.state_dir, &req.root);
+    let Fetching { base, held, newest } = fetching;
     let base_label = base.as_ref().map(|b| format!("{}#{}", b.key, b.generation));
     if let Some(b) =
         base.as_ref().filter(|b| b.key == req.key && b.manifest == report.manifest && b.mirror == client.url())
@@ -93,15 +117,16 @@ async fn push_scanned(
         report.finish(client, started);
         return Ok(report);
     }
+    let newest = newest.await.expect("resolve task panicked")?;
     let previous_hint = base.and_then(|b| Hash::from_hex(&b.manifest).ok());
-    let held = match previous_hint {
-        Some(_) => super::held::load(&opts.state_dir, &req.root).await,
+    let held = match held {
+        Some(loading) => loading.await,
         None => None,
     };
     let restored_from = base_label.unwrap_or_default();
     let from = Previous { hint: previous_hint, held, restored_from: &restored_from };
     let local = Arc::new(local);
-    let Some(snapshot) = send(client, req, &local, from, opts, &mut report).await? else {
+    let Some(snapshot) = send(client, req, &local, newest, from, opts, &mut report).await? else {
         report.finish(client, started);
         return Ok(report);
     };
@@ -141,7 +166,8 @@ pub async fn push_manifest(
         ..Report::default()
     };
     let from = Previous { hint: None, held: held.cloned(), restored_from: "" };
-    send(client, req, local, from, opts, &mut report).await?;
+    let newest = client.resolve(&req.key, &[]).await?;
+    send(client, req, local, newest, from, opts, &mut report).await?;
     report.finish(client, started);
     Ok(report)
 }
@@ -156,20 +182,21 @@ struct Previous<'a> {
 }
 
 /// Sends what the receiver lacks of `local` and commits it; `None` when the
-/// key's newest snapshot already is `local`. Deltas are computed against the
-/// key's newest snapshot, or else against `from.hint` (the snapshot this
+/// key's newest snapshot (`newest`) already is `local`. Deltas are computed
+/// against the key's newest snapshot, or else against `from.hint` (the snapshot this
 /// root was restored from, under a fallback restore key). Manifests cross as
 /// diffs against `from.held` and the previous manifest where both sides hold them.
 async fn send(
     client: &mut Client,
     req: &PushRequest,
     local: &Manifest,
+    newest: Option<SnapshotRecord>,
     from: Previous<'_>,
     opts: &SyncOptions,
     report: &mut Report,
-) -> Result<Option<crate::store::SnapshotRecord>, SyncError> {
+) -> Result<Option<SnapshotRecord>, SyncError> {
     let held = from.held.as_ref();
-    let (previous, newest) = match client.resolve(&req.key, &[]).await? {
+    let (previous, newest) = match newest {
         Some(s) if s.manifest == report.manifest => {
             report.generation = s.generation;
             report.unchanged = true;
