@@ -429,13 +429,18 @@ impl MirrorService {
         if header.base.len() > 300 || header.profile.len() > 64 {
             return Err(ServerError::BadRequest("base or profile too long".into()).into());
         }
-        let (manifest, bytes) = match header.base_manifest_id.as_slice() {
-            [] => manifests::received_whole(bytes, id).await?,
-            base => manifests::received_diff(&self.store, hash_from(base, "base manifest id")?, bytes, id).await?,
+        let (manifest, bytes, diffed) = match header.base_manifest_id.as_slice() {
+            [] => {
+                let (manifest, bytes) = manifests::received_whole(bytes, id).await?;
+                (manifest, bytes, None)
+            }
+            base => {
+                let base = hash_from(base, "base manifest id")?;
+                let (manifest, bytes, added) = manifests::received_diff(&self.store, base, bytes, id).await?;
+                (manifest, bytes, Some((base, added)))
+            }
         };
-        let mut hashes: Vec<Hash> = manifest.entries().iter().filter_map(|e| e.file_hash()).collect();
-        hashes.sort_unstable();
-        hashes.dedup();
+        let hashes = self.blobs_to_check(&header.key, &manifest, diffed).await?;
         let missing = self.store.missing(&hashes).await.map_err(ServerError::from)?;
         if !missing.is_empty() {
             return Err(ServerError::Precondition(format!(
@@ -471,6 +476,31 @@ impl MirrorService {
             snapshot: Some(committed.snapshot.into()),
             unchanged: committed.unchanged,
         }))
+    }
+
+    /// The blobs a commit must find in the store before its record is
+    /// created, sorted and unique: every blob its manifest names, or for a
+    /// diff against the key's newest snapshot (`diffed`: its base manifest
+    /// and the blobs of the entries it adds or changes) only the latter.
+    /// The newest snapshot's blobs are there: its own commit checked them,
+    /// and a clean-up keeps every key's newest snapshot (`store::gc`).
+    async fn blobs_to_check(
+        &self,
+        key: &str,
+        manifest: &crate::manifest::Manifest,
+        diffed: Option<(Hash, Vec<Hash>)>,
+    ) -> Result<Vec<Hash>, Status> {
+        let newest = match &diffed {
+            Some(_) => self.store.latest(key).await.map_err(ServerError::from)?,
+            None => None,
+        };
+        let mut hashes = match diffed {
+            Some((base, added)) if newest.is_some_and(|s| s.manifest == base.to_hex()) => added,
+            _ => manifest.entries().iter().filter_map(|e| e.file_hash()).collect(),
+        };
+        hashes.sort_unstable();
+        hashes.dedup();
+        Ok(hashes)
     }
 }
 

@@ -7,11 +7,13 @@
 //!   exists, so only objects older than a grace period (an hour by default)
 //!   are candidates, and the snapshot records are listed a second time just
 //!   before deleting: what a snapshot committed meanwhile names is spared.
-//!   A commit also checks that its blobs exist before it creates its record,
-//!   so a push that raced a clean-up is refused ("push them first"), never
-//!   left with a dangling snapshot, except in the instant between that check
-//!   and the record's creation: run `gc` when pushes are rare, not
-//!   concurrently with a busy farm.
+//!   A commit also checks that its blobs exist before it creates its record
+//!   (a diff against the key's newest snapshot checks the blobs it adds: the
+//!   others are that snapshot's, which stays), so a push that raced a
+//!   clean-up is refused ("push them first"), never left with a dangling
+//!   snapshot, except in the instant between that check and the record's
+//!   creation: run `gc` when pushes are rare, not concurrently with a busy
+//!   farm.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};

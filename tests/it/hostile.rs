@@ -518,3 +518,73 @@ async fn unpack_requests_that_lie_or_overreach_store_nothing() {
     assert_eq!(unpack(truth).await.unwrap().into_inner().stored, 1);
     assert!(store.has_blob(&cachesync::hash::Hash::of(b"package a\n")).await.unwrap());
 }
+
+/// Commits `target` as a diff against `base`, raw.
+async fn commit_raw_diff(
+    client: &mut Raw,
+    key: &str,
+    base: &cachesync::manifest::Manifest,
+    target: &cachesync::manifest::Manifest,
+) -> Result<pb::CommitResponse, Status> {
+    use cachesync::manifest::diff::ManifestDiff;
+    use pb::commit_frame::Frame;
+    let diff = ManifestDiff::between(base, target).encode();
+    let header = pb::CommitHeader {
+        key: key.into(),
+        manifest_id: target.id().as_bytes().to_vec(),
+        manifest_size: diff.len() as u64,
+        profile: "generic".into(),
+        base: String::new(),
+        base_manifest_id: base.id().as_bytes().to_vec(),
+    };
+    let frames = vec![
+        pb::CommitFrame { frame: Some(Frame::Header(header)) },
+        pb::CommitFrame { frame: Some(Frame::ManifestChunk(diff)) },
+    ];
+    client.commit(futures::stream::iter(frames)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diff_commit_is_refused_for_a_missing_blob_it_adds_or_one_its_old_base_lost() {
+    use cachesync::manifest::{Content, Entry, Manifest};
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let (root, state) = (t.path().join("src"), t.path().join("state"));
+    let push = |root: std::path::PathBuf| {
+        let (url, state) = (mirror.url.clone(), state.clone());
+        async move {
+            let req = PushRequest { root, key: "k".into(), profile: Profile::Generic };
+            sync::push(&mut connect(&url).await, &req, &options(&state)).await.unwrap()
+        }
+    };
+    write(&root, "a", b"kept");
+    write(&root, "b", b"only in generation 1");
+    let first = push(root.clone()).await;
+    std::fs::remove_file(root.join("b")).unwrap();
+    let second = push(root.clone()).await;
+    let mut client = connect(&mirror.url).await;
+    let old = client.manifest(Hash::from_hex(&first.manifest).unwrap()).await.unwrap();
+    let newest = client.manifest(Hash::from_hex(&second.manifest).unwrap()).await.unwrap();
+    // As a clean-up would once generation 1 expired.
+    let b = Hash::of(b"only in generation 1").to_hex();
+    std::fs::remove_file(mirror.store.join("blobs").join(&b[..2]).join(&b)).unwrap();
+    let with = |m: &Manifest, path: &str, data: &[u8]| {
+        let mut entries = m.entries().to_vec();
+        let content = Content::File(Hash::of(data));
+        entries.push(Entry { path: path.into(), size: data.len() as u64, mode: 0o644, mtime_ns: 1, content });
+        Manifest::new(entries).unwrap()
+    };
+    let mut raw = raw(&mirror.url, Some("1")).await;
+    // Against the newest snapshot: only what the diff adds is checked, and it is missing.
+    let err = commit_raw_diff(&mut raw, "k", &newest, &with(&newest, "c", b"never sent")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("does not have"), "{}", err.message());
+    // Against an older snapshot: every blob is checked, and b is gone.
+    let err = commit_raw_diff(&mut raw, "k", &old, &with(&old, "c", b"kept")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("does not have"), "{}", err.message());
+    assert_eq!(connect(&mirror.url).await.resolve("k", &[]).await.unwrap().unwrap().generation, 2);
+    // Against the newest snapshot, adding a blob the mirror has: committed.
+    let ok = commit_raw_diff(&mut raw, "k", &newest, &with(&newest, "c", b"kept")).await.unwrap();
+    assert_eq!(ok.snapshot.unwrap().generation, 3);
+}

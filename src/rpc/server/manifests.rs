@@ -74,7 +74,8 @@ pub async fn received_whole(bytes: Vec<u8>, id: Hash) -> Result<(Manifest, Vec<u
 }
 
 /// A commit's manifest rebuilt from `diff` against the stored manifest
-/// `base`, checked against `id`; its canonical bytes are returned for storing.
+/// `base`, checked against `id`; its canonical bytes are returned for
+/// storing, with the blobs of the entries the diff adds or changes.
 ///
 /// # Errors
 ///
@@ -86,7 +87,7 @@ pub async fn received_diff(
     base: Hash,
     diff: Vec<u8>,
     id: Hash,
-) -> Result<(Manifest, Vec<u8>), ServerError> {
+) -> Result<(Manifest, Vec<u8>, Vec<Hash>), ServerError> {
     let base_bytes = match store.get_manifest(&base).await {
         Ok(bytes) => bytes,
         Err(StoreError::NotFound(_)) => {
@@ -101,7 +102,12 @@ pub async fn received_diff(
     Ok(rebuilt)
 }
 
-fn rebuild(base_bytes: &[u8], diff: &[u8], base: Hash, id: Hash) -> Result<(Manifest, Vec<u8>), ServerError> {
+fn rebuild(
+    base_bytes: &[u8],
+    diff: &[u8],
+    base: Hash,
+    id: Hash,
+) -> Result<(Manifest, Vec<u8>, Vec<Hash>), ServerError> {
     let unusable = |why: String| ServerError::UnusableDiff(format!("the diff against base manifest {base}: {why}"));
     let diff = ManifestDiff::decode(diff)?;
     let base = Manifest::decode_stored(base_bytes, &base).map_err(|e| unusable(format!("stored base: {e}")))?;
@@ -113,5 +119,6 @@ fn rebuild(base_bytes: &[u8], diff: &[u8], base: Hash, id: Hash) -> Result<(Mani
     if Hash::of(&bytes) != id {
         return Err(unusable("the rebuilt manifest does not match the manifest id".into()));
     }
-    Ok((manifest, bytes))
+    let added = diff.upserts().iter().filter_map(|e| e.file_hash()).collect();
+    Ok((manifest, bytes, added))
 }
