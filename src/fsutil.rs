@@ -60,16 +60,17 @@ fn write_beside<'p>(path: &'p Path, bytes: &[u8]) -> io::Result<(&'p Path, PathB
     Ok((dir, tmp))
 }
 
-/// Creates an unnamed file in directory `dir` (`O_TMPFILE`): it has no name
-/// until [`link_unnamed`] gives it one, and vanishes if the process dies first.
+/// Creates an unnamed file in directory `dir` (`O_TMPFILE`), with `mode`
+/// (less the umask): it has no name until [`link_unnamed`] gives it one, and
+/// vanishes if the process dies first.
 ///
 /// # Errors
 ///
 /// The I/O error of the call; `EOPNOTSUPP`/`EISDIR`/`EINVAL` where the file
 /// system or kernel lacks `O_TMPFILE`.
-pub fn create_unnamed(dir: &Path) -> io::Result<std::fs::File> {
+pub fn create_unnamed(dir: &Path, mode: u32) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).mode(0o600).open(dir)
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).mode(mode).open(dir)
 }
 
 /// Gives an unnamed file from [`create_unnamed`] the name `dest`, atomically,

@@ -25,6 +25,7 @@ use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, P
 use super::{ServerError, hash_from, hashes_from, pb};
 use crate::auth::{Auth, Identity};
 use crate::delta;
+use crate::fsutil;
 use crate::hash::Hash;
 use crate::metrics::Metrics;
 use crate::store::{self, NewSnapshot, Store};
@@ -148,12 +149,20 @@ impl MirrorService {
         tonic::service::interceptor::InterceptedService::new(server, Gate { auth })
     }
 
-    fn handle_incoming(store: &Store, incoming: Incoming, rejected: &mut Vec<Vec<u8>>) -> Result<(), FrameError> {
+    fn handle_incoming(store: &Store, mut incoming: Incoming, rejected: &mut Vec<Vec<u8>>) -> Result<(), FrameError> {
         let rt = Handle::current();
         let handler = |e: store::StoreError| FrameError::Handler(e.to_string());
         let Some(base) = incoming.delta_base else {
-            return rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)).map_err(handler);
+            return match &incoming.unnamed {
+                Some(file) => store.publish_unnamed(&incoming.hash, file).map_err(handler),
+                None => rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)).map_err(handler),
+            };
         };
+        if let Some(file) = incoming.unnamed.take() {
+            // A delta is read back by name.
+            incoming.staged = store.staging_name();
+            fsutil::link_unnamed(&file, &incoming.staged).map_err(frames::io_err(&incoming.staged))?;
+        }
         let base_file = rt.block_on(store.blob_file(&base));
         let out = store.staging_file().map_err(handler)?.0;
         let _ = std::fs::remove_file(&out);
@@ -263,11 +272,12 @@ impl CacheSync for MirrorService {
         caller(&req)?.check_upload().map_err(ServerError::Auth)?;
         let store = self.store.clone();
         let staging_store = store.clone();
-        let receiver = FrameReceiver::new(
-            Box::new(move |_| staging_store.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
-            self.options.max_blob_bytes,
-        )
-        .writing_back(store.syncs_staged_files());
+        let staging = move |_: &Hash| match staging_store.unnamed_staging_file() {
+            Some(file) => Ok(NewFile { file, path: None, copies: Vec::new() }),
+            None => staging_store.staging_file().map(NewFile::named).map_err(std::io::Error::other),
+        };
+        let receiver =
+            FrameReceiver::new(Box::new(staging), self.options.max_blob_bytes).writing_back(store.syncs_staged_files());
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
         let shared = counts.clone();
         let (metrics, signer) = (self.metrics.clone(), self.signer.clone());
@@ -275,7 +285,13 @@ impl CacheSync for MirrorService {
             let mut guard = shared.lock().expect("counts lock");
             guard.0 += 1;
             let (hash, size, rejected_before) = (incoming.hash, incoming.size, guard.1.len());
-            let delta = incoming.delta_base.map(|_| std::fs::metadata(&incoming.staged).map_or(size, |m| m.len()));
+            let delta = incoming.delta_base.map(|_| {
+                let meta = match &incoming.unnamed {
+                    Some(file) => file.metadata(),
+                    None => std::fs::metadata(&incoming.staged),
+                };
+                meta.map_or(size, |m| m.len())
+            });
             Self::handle_incoming(&store, incoming, &mut guard.1)?;
             if guard.1.len() == rejected_before {
                 metrics.blob_received(size);

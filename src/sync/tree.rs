@@ -163,9 +163,10 @@ impl Tree {
     /// I/O errors creating it.
     pub(crate) fn new_file<'a>(&self, rel: &str, others: impl Iterator<Item = &'a str>) -> io::Result<NewFile> {
         if self.unnamed
-            && let Ok(file) = fsutil::create_unnamed(&self.path(parent(rel)))
+            && let Ok(file) = fsutil::create_unnamed(&self.path(parent(rel)), 0o600)
         {
-            let copies = others.take(MAX_COPIES).map_while(|o| fsutil::create_unnamed(&self.path(parent(o))).ok());
+            let copies =
+                others.take(MAX_COPIES).map_while(|o| fsutil::create_unnamed(&self.path(parent(o)), 0o600).ok());
             return Ok(NewFile { file, path: None, copies: copies.collect() });
         }
         self.staging_file().map(NewFile::named)
@@ -201,7 +202,7 @@ impl Tree {
     /// system has `O_TMPFILE`; linking needs `/proc`).
     fn probe_unnamed(&self) -> bool {
         let probe = self.staging.join("probe");
-        let works = fsutil::create_unnamed(&self.staging).and_then(|f| fsutil::link_unnamed(&f, &probe)).is_ok();
+        let works = fsutil::create_unnamed(&self.staging, 0o600).and_then(|f| fsutil::link_unnamed(&f, &probe)).is_ok();
         let _ = fs::remove_file(&probe);
         works
     }

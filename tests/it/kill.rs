@@ -82,6 +82,10 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `cachesync ARGS` with its hash cache under `state`.
     pub(crate) fn start(state: &Path, args: &[&OsStr]) -> Proc {
         Proc::start_env(state, args, &[])
@@ -229,9 +233,22 @@ fn staging_has_content(dir: &Path) -> bool {
     entries.filter_map(|e| e.metadata().ok()).any(|m| m.is_file() && m.len() > 0)
 }
 
-/// True once the mirror has stored a new blob and is taking in the next one.
-fn mirror_mid_push(store: &Path, blobs_before: usize) -> bool {
-    blob_count(store) > blobs_before && staging_has_content(&store.join("tmp"))
+/// True once process `pid` (`self` for this one) has a file of directory
+/// `dir` open with some content: an unnamed one (`O_TMPFILE`) shows in
+/// `/proc` as `dir/#inode (deleted)`.
+fn open_with_content(pid: &str, dir: &Path) -> bool {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+    fds.map(|fd| fd.path()).any(|fd| {
+        std::fs::read_link(&fd).is_ok_and(|target| target.starts_with(dir))
+            && std::fs::metadata(&fd).is_ok_and(|m| m.is_file() && m.len() > 0)
+    })
+}
+
+/// True once the mirror (process `pid`) has stored a new blob and is taking
+/// in the next one, staged by name or unnamed.
+fn mirror_mid_push(pid: &str, store: &Path, blobs_before: usize) -> bool {
+    let staging = store.join("tmp");
+    blob_count(store) > blobs_before && (staging_has_content(&staging) || open_with_content(pid, &staging))
 }
 
 /// How many big files at `dst` carry the mtime of their version in `new`
@@ -263,7 +280,7 @@ async fn killing_a_push_leaves_no_snapshot_and_a_rerun_completes() {
     let mirror = spawn_mirror(&store).await;
 
     let mut push = sync_proc("push", &state, &mirror.url, &src);
-    push.wait_while_running("the mirror to be mid-push", || mirror_mid_push(&store, 0)).await;
+    push.wait_while_running("the mirror to be mid-push", || mirror_mid_push("self", &store, 0)).await;
     push.kill_mid_job();
     assert_eq!(resolve(&mirror.url).await, None, "a killed push left a snapshot");
     assert_eq!(snapshot_records(&store), Vec::<PathBuf>::new(), "a killed push left a snapshot record");
@@ -287,7 +304,8 @@ async fn killing_the_mirror_mid_push_keeps_its_previous_snapshot() {
 
     let blobs_before = blob_count(&store);
     let mut push = sync_proc("push", &state, &url, &v2);
-    push.wait_while_running("the mirror to be mid-push of v2", || mirror_mid_push(&store, blobs_before)).await;
+    let pid = mirror.pid().to_string();
+    push.wait_while_running("the mirror to be mid-push of v2", || mirror_mid_push(&pid, &store, blobs_before)).await;
     assert!(push.running(), "the push of v2 finished before the mirror could be killed: {}", push.output());
     mirror.kill_mid_job();
     let status = push.exit().await;
