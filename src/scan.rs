@@ -158,7 +158,7 @@ fn walk(root: &Path, sub: &str, recursive: bool, profile: Profile) -> Result<Fou
     if !profile.skips(sub) {
         let path = root.join(sub);
         let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
-        describe(&path, sub.to_owned(), &meta, &mut found);
+        describe(|| path.clone(), sub.to_owned(), &meta, &mut found);
         if recursive && meta.is_dir() {
             found.append(walk_tree(&path, sub, profile)?);
         }
@@ -224,7 +224,14 @@ fn read_dir(dir: &Path, rel: &str, profile: Profile) -> Result<(Found, Vec<(Path
             warn!(path = %item.path().display(), "skipping a name that is not UTF-8");
             continue;
         };
-        let child = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
+        let child = match rel.is_empty() {
+            true => name.to_owned(),
+            false => {
+                let mut child = String::with_capacity(rel.len() + 1 + name.len());
+                child.extend([rel, "/", name]);
+                child
+            }
+        };
         if profile.skips(&child) {
             continue;
         }
@@ -236,13 +243,14 @@ fn read_dir(dir: &Path, rel: &str, profile: Profile) -> Result<(Found, Vec<(Path
         if meta.is_dir() {
             subdirs.push((item.path(), child.clone()));
         }
-        describe(&item.path(), child, &meta, &mut here);
+        describe(|| item.path(), child, &meta, &mut here);
     }
     Ok((here, subdirs))
 }
 
-/// What one walked path is: an entry now, or a file to hash.
-fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, found: &mut Found) {
+/// What one walked path is: an entry now, or a file to hash. `path` gives
+/// its full path, needed only for a symlink.
+fn describe(path: impl FnOnce() -> PathBuf, rel: String, meta: &std::fs::Metadata, found: &mut Found) {
     let base = |content| Entry {
         path: rel.clone(),
         size: 0,
@@ -259,7 +267,7 @@ fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, found: &mut Foun
         entry.size = meta.len();
         found.pending.push(Pending { entry, key });
     } else if ft.is_symlink() {
-        if let Some(entry) = symlink_entry(path, &rel, base(Content::Dir)) {
+        if let Some(entry) = symlink_entry(&path(), &rel, base(Content::Dir)) {
             found.entries.push(entry);
         }
     } else {
@@ -271,6 +279,9 @@ fn describe(path: &Path, rel: String, meta: &std::fs::Metadata, found: &mut Foun
 /// directory of the root) cannot be described safely: skip it, as the pull
 /// side would refuse it.
 pub(crate) fn drop_links_through_unknown_entries(entries: &mut Vec<Entry>) {
+    if !entries.iter().any(|e| matches!(e.content, Content::Symlink(_))) {
+        return;
+    }
     let dirs: std::collections::HashSet<String> =
         entries.iter().filter(|e| e.content == Content::Dir).map(|e| e.path.clone()).collect();
     let dirs: std::collections::HashSet<&str> = dirs.iter().map(String::as_str).collect();
