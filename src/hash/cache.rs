@@ -25,10 +25,12 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// Digests of the files of one root, by relative path.
+/// Digests of the files of one root, by relative path. The paths are this
+/// machine's own: they are hashed with a fast seeded hash (foldhash), not
+/// SipHash (6 of the 68 ms of user CPU of a no-op push of 21,500 entries).
 #[derive(Debug, Default)]
 pub struct HashCache {
-    entries: HashMap<String, (FileKey, Hash)>,
+    entries: HashMap<String, (FileKey, Hash), foldhash::fast::RandomState>,
     /// Differs from the file it was loaded from (see [`HashCache::changed`]).
     changed: bool,
 }
@@ -48,7 +50,8 @@ impl HashCache {
             return None;
         }
         let count = d.u64().ok()?;
-        let mut entries = HashMap::with_capacity(count.min(bytes.len() as u64 / 60) as usize);
+        let capacity = count.min(bytes.len() as u64 / 60) as usize;
+        let mut entries = HashMap::with_capacity_and_hasher(capacity, Default::default());
         for _ in 0..count {
             let path = String::from_utf8(d.bytes().ok()?.to_vec()).ok()?;
             let key = FileKey { size: d.u64().ok()?, mtime_ns: d.i64().ok()?, ino: d.u64().ok()? };
