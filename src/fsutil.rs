@@ -97,6 +97,8 @@ pub fn link_unnamed(file: &std::fs::File, dest: &Path) -> io::Result<()> {
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
+            // The destination's directory is missing: that says nothing of the privilege.
+            Some(libc::ENOENT) if dest.parent().is_some_and(|p| !p.exists()) => return Err(e),
             Some(libc::ENOENT | libc::EPERM | libc::EINVAL) => FROM_FD.store(false, Ordering::Relaxed),
             _ => return Err(e),
         }

@@ -183,9 +183,10 @@ struct Previous<'a> {
 
 /// Sends what the receiver lacks of `local` and commits it; `None` when the
 /// key's newest snapshot (`newest`) already is `local`. Deltas are computed
-/// against the key's newest snapshot, or else against `from.hint` (the snapshot this
-/// root was restored from, under a fallback restore key). Manifests cross as
-/// diffs against `from.held` and the previous manifest where both sides hold them.
+/// against the key's newest snapshot, or else against `from.hint` (the
+/// snapshot this root was restored from, under a fallback restore key).
+/// Manifests cross as diffs against `from.held` and the previous manifest
+/// where both sides hold them.
 async fn send(
     client: &mut Client,
     req: &PushRequest,
