@@ -153,10 +153,7 @@ impl MirrorService {
         let rt = Handle::current();
         let handler = |e: store::StoreError| FrameError::Handler(e.to_string());
         let Some(base) = incoming.delta_base else {
-            return match &incoming.unnamed {
-                Some(file) => store.publish_unnamed(&incoming.hash, file).map_err(handler),
-                None => rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)).map_err(handler),
-            };
+            return publish_whole(store, &rt, &incoming).map_err(handler);
         };
         if let Some(file) = incoming.unnamed.take() {
             // A delta is read back by name.
@@ -187,6 +184,23 @@ impl MirrorService {
                 Ok(())
             }
         }
+    }
+}
+
+/// Staging files for incoming blobs: unnamed where the store can link them
+/// into place (see [`Store::unnamed_staging_file`]), else named.
+fn blob_staging(store: Store) -> frames::Staging {
+    Box::new(move |_: &Hash| match store.unnamed_staging_file() {
+        Some(file) => Ok(NewFile { file, path: None, copies: Vec::new() }),
+        None => store.staging_file().map(NewFile::named).map_err(std::io::Error::other),
+    })
+}
+
+/// Stores a verified whole blob from [`blob_staging`]'s file, named or not.
+fn publish_whole(store: &Store, rt: &Handle, incoming: &Incoming) -> Result<(), store::StoreError> {
+    match &incoming.unnamed {
+        Some(file) => store.publish_unnamed(&incoming.hash, file),
+        None => rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)),
     }
 }
 
@@ -272,12 +286,8 @@ impl CacheSync for MirrorService {
         caller(&req)?.check_upload().map_err(ServerError::Auth)?;
         let store = self.store.clone();
         let staging_store = store.clone();
-        let staging = move |_: &Hash| match staging_store.unnamed_staging_file() {
-            Some(file) => Ok(NewFile { file, path: None, copies: Vec::new() }),
-            None => staging_store.staging_file().map(NewFile::named).map_err(std::io::Error::other),
-        };
-        let receiver =
-            FrameReceiver::new(Box::new(staging), self.options.max_blob_bytes).writing_back(store.syncs_staged_files());
+        let receiver = FrameReceiver::new(blob_staging(staging_store), self.options.max_blob_bytes)
+            .writing_back(store.syncs_staged_files());
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
         let shared = counts.clone();
         let (metrics, signer) = (self.metrics.clone(), self.signer.clone());

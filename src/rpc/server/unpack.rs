@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tracing::debug;
 
 use crate::hash::Hash;
-use crate::rpc::frames::{FrameReceiver, NewFile};
+use crate::rpc::frames::FrameReceiver;
 use crate::rpc::{MAX_HASHES, MAX_UNPACK_BYTES, ServerError, hash_from, pb};
 use crate::store::{BlobFile, Store, StoreError};
 
@@ -63,14 +63,8 @@ pub async fn unpack(store: &Store, req: pb::UnpackBlobsRequest, max_blob: u64) -
 /// Unpacks the archives on every core.
 fn unpack_all(store: &Store, archives: Vec<(BlobFile, Members)>) -> u64 {
     let rt = Handle::current();
-    let receiver = || {
-        let staging = store.clone();
-        FrameReceiver::new(
-            Box::new(move |_| staging.staging_file().map(NewFile::named).map_err(std::io::Error::other)),
-            u64::MAX,
-        )
-        .writing_back(store.syncs_staged_files())
-    };
+    let receiver =
+        || FrameReceiver::new(super::blob_staging(store.clone()), u64::MAX).writing_back(store.syncs_staged_files());
     let stored = crate::parallel::map(&archives, usize::MAX, receiver, |receiver, (file, members)| {
         unpack_one(store, &rt, receiver, file, members)
     });
@@ -89,7 +83,7 @@ fn unpack_one(store: &Store, rt: &Handle, receiver: &mut FrameReceiver, file: &B
     let mut stored = 0;
     for (name, hash, size) in members {
         match receiver.accept_zip_member(&mut zip, name, *hash, *size) {
-            Ok(incoming) => match rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)) {
+            Ok(incoming) => match super::publish_whole(store, rt, &incoming) {
                 Ok(()) => stored += 1,
                 Err(e) => debug!(member = %name, error = %e, "unpack: cannot store"),
             },
