@@ -4,7 +4,9 @@
 //! streams are received and sent on the blocking pool through [`frames`].
 //! Errors become statuses only through [`ServerError`].
 
+mod commit;
 mod gomod;
+mod incoming;
 mod manifests;
 mod signer;
 mod unpack;
@@ -17,18 +19,17 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::debug;
 
-use super::frames::{self, FrameError, FrameReceiver, Incoming, NewFile};
+use super::frames::{self, FrameError, FrameReceiver};
 use super::pb::cache_sync_server::{CacheSync, CacheSyncServer};
-use super::{MAX_CHUNK, MAX_HASHES, MAX_MANIFEST, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use super::{MAX_CHUNK, MAX_HASHES, MAX_MESSAGE, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use super::{ServerError, hash_from, hashes_from, pb};
 use crate::auth::{Auth, Identity};
 use crate::delta;
-use crate::fsutil;
 use crate::hash::Hash;
 use crate::metrics::Metrics;
-use crate::store::{self, NewSnapshot, Store};
+use crate::store::{self, Store};
 
 /// The service as tonic serves it: protocol check in front of the generated server.
 pub type GrpcService = tonic::service::interceptor::InterceptedService<CacheSyncServer<MirrorService>, Gate>;
@@ -148,60 +149,6 @@ impl MirrorService {
             CacheSyncServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
         tonic::service::interceptor::InterceptedService::new(server, Gate { auth })
     }
-
-    fn handle_incoming(store: &Store, mut incoming: Incoming, rejected: &mut Vec<Vec<u8>>) -> Result<(), FrameError> {
-        let rt = Handle::current();
-        let handler = |e: store::StoreError| FrameError::Handler(e.to_string());
-        let Some(base) = incoming.delta_base else {
-            return publish_whole(store, &rt, &incoming).map_err(handler);
-        };
-        if let Some(file) = incoming.unnamed.take() {
-            // A delta is read back by name.
-            incoming.staged = store.staging_name();
-            fsutil::link_unnamed(&file, &incoming.staged).map_err(frames::io_err(&incoming.staged))?;
-        }
-        let base_file = rt.block_on(store.blob_file(&base));
-        let out = store.staging_file().map_err(handler)?.0;
-        let _ = std::fs::remove_file(&out);
-        let applied = base_file.map_err(handler).and_then(|base_file| {
-            delta::apply_files(
-                &base_file.path,
-                &incoming.staged,
-                &out,
-                incoming.hash,
-                incoming.size,
-                store.syncs_staged_files(),
-            )
-            .map_err(|e| FrameError::Handler(e.to_string()))
-        });
-        let _ = std::fs::remove_file(&incoming.staged);
-        match applied {
-            Ok(()) => rt.block_on(store.publish_blob(&incoming.hash, &out)).map_err(handler),
-            Err(e) => {
-                info!(blob = %incoming.hash, base = %base, error = %e, "delta refused; the client will send it whole");
-                rt.block_on(store.forget_signature(&base));
-                rejected.push(incoming.hash.as_bytes().to_vec());
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Staging files for incoming blobs: unnamed where the store can link them
-/// into place (see [`Store::unnamed_staging_file`]), else named.
-fn blob_staging(store: Store) -> frames::Staging {
-    Box::new(move |_: &Hash| match store.unnamed_staging_file() {
-        Some(file) => Ok(NewFile { file, path: None, copies: Vec::new() }),
-        None => store.staging_file().map(NewFile::named).map_err(std::io::Error::other),
-    })
-}
-
-/// Stores a verified whole blob from [`blob_staging`]'s file, named or not.
-fn publish_whole(store: &Store, rt: &Handle, incoming: &Incoming) -> Result<(), store::StoreError> {
-    match &incoming.unnamed {
-        Some(file) => store.publish_unnamed(&incoming.hash, file),
-        None => rt.block_on(store.publish_blob(&incoming.hash, &incoming.staged)),
-    }
 }
 
 fn chunked(bytes: Bytes) -> Stream_<pb::Chunk> {
@@ -286,7 +233,7 @@ impl CacheSync for MirrorService {
         caller(&req)?.check_upload().map_err(ServerError::Auth)?;
         let store = self.store.clone();
         let staging_store = store.clone();
-        let receiver = FrameReceiver::new(blob_staging(staging_store), self.options.max_blob_bytes)
+        let receiver = FrameReceiver::new(incoming::blob_staging(staging_store), self.options.max_blob_bytes)
             .writing_back(store.syncs_staged_files());
         let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
         let shared = counts.clone();
@@ -438,119 +385,4 @@ impl CacheSync for MirrorService {
         }
         result
     }
-}
-
-impl MirrorService {
-    async fn commit_counted(
-        &self,
-        req: Request<Streaming<pb::CommitFrame>>,
-    ) -> Result<Response<pb::CommitResponse>, Status> {
-        let writer = caller(&req)?;
-        writer.check_upload().map_err(ServerError::Auth)?;
-        let _turn = self.commits.acquire().await.map_err(|_| Status::unavailable("mirror shutting down"))?;
-        let (header, bytes) = read_commit(req.into_inner()).await?;
-        let id = hash_from(&header.manifest_id, "manifest id")?;
-        store::check_key(&header.key).map_err(ServerError::from)?;
-        writer.check_write(&header.key).map_err(ServerError::Auth)?;
-        if header.base.len() > 300 || header.profile.len() > 64 {
-            return Err(ServerError::BadRequest("base or profile too long".into()).into());
-        }
-        let (manifest, bytes, diffed) = match header.base_manifest_id.as_slice() {
-            [] => {
-                let (manifest, bytes) = manifests::received_whole(bytes, id).await?;
-                (manifest, bytes, None)
-            }
-            base => {
-                let base = hash_from(base, "base manifest id")?;
-                let (manifest, bytes, added) = manifests::received_diff(&self.store, base, bytes, id).await?;
-                (manifest, bytes, Some((base, added)))
-            }
-        };
-        let hashes = self.blobs_to_check(&header.key, &manifest, diffed).await?;
-        let missing = self.store.missing(&hashes).await.map_err(ServerError::from)?;
-        if !missing.is_empty() {
-            return Err(ServerError::Precondition(format!(
-                "snapshot names {} blobs the mirror does not have (first: {}); push them first",
-                missing.len(),
-                missing[0]
-            ))
-            .into());
-        }
-        if header.profile.parse::<crate::profile::Profile>().is_ok_and(|p| p.is_go_mod()) {
-            gomod::check(&self.store, &manifest, &self.zip_hashes).await?;
-        }
-        self.store.put_manifest(&id, Bytes::from(bytes)).await.map_err(ServerError::from)?;
-        let committed = self
-            .store
-            .commit(NewSnapshot {
-                key: header.key,
-                manifest: id,
-                files: manifest.file_count(),
-                bytes: manifest.total_bytes(),
-                profile: header.profile,
-                writer: writer.name.clone(),
-                base: header.base,
-            })
-            .await
-            .map_err(ServerError::from)?;
-        let s = &committed.snapshot;
-        info!(key = %s.key, generation = s.generation, files = s.files, bytes = s.bytes, unchanged = committed.unchanged, "snapshot committed");
-        if !committed.unchanged {
-            let _ = self.committed.send(s.clone()); // nobody listening is fine
-        }
-        Ok(Response::new(pb::CommitResponse {
-            snapshot: Some(committed.snapshot.into()),
-            unchanged: committed.unchanged,
-        }))
-    }
-
-    /// The blobs a commit must find in the store before its record is
-    /// created, sorted and unique: every blob its manifest names, or for a
-    /// diff against the key's newest snapshot (`diffed`: its base manifest
-    /// and the blobs of the entries it adds or changes) only the latter.
-    /// The newest snapshot's blobs are there: its own commit checked them,
-    /// and a clean-up keeps every key's newest snapshot (`store::gc`).
-    async fn blobs_to_check(
-        &self,
-        key: &str,
-        manifest: &crate::manifest::Manifest,
-        diffed: Option<(Hash, Vec<Hash>)>,
-    ) -> Result<Vec<Hash>, Status> {
-        let newest = match &diffed {
-            Some(_) => self.store.latest(key).await.map_err(ServerError::from)?,
-            None => None,
-        };
-        let mut hashes = match diffed {
-            Some((base, added)) if newest.is_some_and(|s| s.manifest == base.to_hex()) => added,
-            _ => manifest.entries().iter().filter_map(|e| e.file_hash()).collect(),
-        };
-        hashes.sort_unstable();
-        hashes.dedup();
-        Ok(hashes)
-    }
-}
-
-async fn read_commit(mut stream: Streaming<pb::CommitFrame>) -> Result<(pb::CommitHeader, Vec<u8>), Status> {
-    use pb::commit_frame::Frame;
-    let header = match stream.message().await? {
-        Some(pb::CommitFrame { frame: Some(Frame::Header(h)) }) => h,
-        _ => return Err(ServerError::BadRequest("commit must start with a header".into()).into()),
-    };
-    if header.manifest_size > MAX_MANIFEST {
-        return Err(ServerError::BadRequest(format!("manifest larger than {MAX_MANIFEST} bytes")).into());
-    }
-    // Grown as bytes arrive: a header alone must not make the mirror allocate.
-    let mut bytes = Vec::new();
-    while let Some(frame) = stream.message().await? {
-        match frame.frame {
-            Some(Frame::ManifestChunk(c)) if bytes.len() + c.len() <= header.manifest_size as usize => {
-                bytes.extend_from_slice(&c)
-            }
-            _ => return Err(ServerError::BadRequest("unexpected or oversized commit frame".into()).into()),
-        }
-    }
-    if bytes.len() as u64 != header.manifest_size {
-        return Err(ServerError::BadRequest("manifest shorter than announced".into()).into());
-    }
-    Ok((header, bytes))
 }

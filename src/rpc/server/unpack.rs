@@ -63,8 +63,10 @@ pub async fn unpack(store: &Store, req: pb::UnpackBlobsRequest, max_blob: u64) -
 /// Unpacks the archives on every core.
 fn unpack_all(store: &Store, archives: Vec<(BlobFile, Members)>) -> u64 {
     let rt = Handle::current();
-    let receiver =
-        || FrameReceiver::new(super::blob_staging(store.clone()), u64::MAX).writing_back(store.syncs_staged_files());
+    let receiver = || {
+        FrameReceiver::new(super::incoming::blob_staging(store.clone()), u64::MAX)
+            .writing_back(store.syncs_staged_files())
+    };
     let stored = crate::parallel::map(&archives, usize::MAX, receiver, |receiver, (file, members)| {
         unpack_one(store, &rt, receiver, file, members)
     });
@@ -83,7 +85,7 @@ fn unpack_one(store: &Store, rt: &Handle, receiver: &mut FrameReceiver, file: &B
     let mut stored = 0;
     for (name, hash, size) in members {
         match receiver.accept_zip_member(&mut zip, name, *hash, *size) {
-            Ok(incoming) => match super::publish_whole(store, rt, &incoming) {
+            Ok(incoming) => match super::incoming::publish_whole(store, rt, &incoming) {
                 Ok(()) => stored += 1,
                 Err(e) => debug!(member = %name, error = %e, "unpack: cannot store"),
             },
