@@ -27,10 +27,10 @@ mod keys;
 mod read;
 mod signatures;
 mod snapshots;
+mod staging;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -209,18 +209,6 @@ pub struct Store {
     location: String,
 }
 
-/// Staging files made by this process, for unique names across stores.
-static STAGED: AtomicU64 = AtomicU64::new(0);
-
-/// Whether an unnamed file made in `staging` can be linked to a name there.
-fn probe_unnamed(staging: &Path) -> bool {
-    let probe = staging.join(format!("probe-{}", std::process::id()));
-    let file = crate::fsutil::create_unnamed(staging, 0o600);
-    let works = file.and_then(|f| crate::fsutil::link_unnamed(&f, &probe)).is_ok();
-    let _ = std::fs::remove_file(&probe);
-    works
-}
-
 impl Store {
     /// Opens (creating if needed) a store at a local directory, a `file://`
     /// URL, or an `s3://bucket/prefix` URL (settings from the `AWS_*`
@@ -231,7 +219,7 @@ impl Store {
     /// [`StoreError::Unsupported`] for other URL schemes; I/O errors creating it.
     pub fn open(location: &str) -> Result<Store> {
         let opened = backend::open(location)?;
-        let unnamed = opened.local_root.is_some() && probe_unnamed(&opened.staging);
+        let unnamed = opened.local_root.is_some() && staging::probe_unnamed(&opened.staging);
         Ok(Store {
             blobs: opened.blobs,
             durable: opened.durable,
@@ -310,82 +298,6 @@ impl Store {
     /// writers of staging files then start their writeback early.
     pub fn syncs_staged_files(&self) -> bool {
         self.local_root.is_some()
-    }
-
-    /// A new, empty staging file with no name, for an incoming blob that
-    /// [`Store::publish_unnamed`] then links into place: nothing to create,
-    /// rename and remove in the staging directory that every incoming blob
-    /// shares (each of those holds its lock, and ext4 can take long to find
-    /// a free inode). `None` for a remote store or without `O_TMPFILE`:
-    /// use [`Store::staging_file`].
-    pub fn unnamed_staging_file(&self) -> Option<std::fs::File> {
-        self.unnamed.then(|| crate::fsutil::create_unnamed(&self.staging, 0o666).ok()).flatten()
-    }
-
-    /// Names a file from [`Store::unnamed_staging_file`], verified to hash
-    /// to `h`, as that blob. A blob already there stays: its name is its content.
-    ///
-    /// # Errors
-    ///
-    /// I/O errors.
-    pub fn publish_unnamed(&self, h: &Hash, file: &std::fs::File) -> Result<()> {
-        let Some(root) = &self.local_root else {
-            let why = "unnamed staging files need a local store".into();
-            return Err(StoreError::Unsupported { location: self.location.clone(), why });
-        };
-        let dest = root.join(Self::blob_path(h).as_ref());
-        let link = || crate::fsutil::link_unnamed(file, &dest);
-        let linked = match link() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let parent = dest.parent().expect("blob paths have a parent");
-                std::fs::create_dir_all(parent).map_err(io_at(parent))?;
-                link()
-            }
-            other => other,
-        };
-        match linked {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_at(&dest)(e)),
-            _ => Ok(()),
-        }
-    }
-
-    /// A name in the staging directory that nothing holds yet.
-    pub fn staging_name(&self) -> PathBuf {
-        let n = STAGED.fetch_add(1, Ordering::Relaxed);
-        self.staging.join(format!("{}-{n}", std::process::id()))
-    }
-
-    /// A new, empty staging file for an incoming blob.
-    ///
-    /// # Errors
-    ///
-    /// I/O errors creating it.
-    pub fn staging_file(&self) -> Result<(PathBuf, std::fs::File)> {
-        let path = self.staging_name();
-        let file = std::fs::File::create_new(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-        Ok((path, file))
-    }
-
-    /// Moves a staged file, already verified to hash to `h`, into the store.
-    ///
-    /// # Errors
-    ///
-    /// I/O or backend errors; the staged file is removed either way.
-    pub async fn publish_blob(&self, h: &Hash, staged: &Path) -> Result<()> {
-        let result = self.publish_inner(h, staged).await;
-        let _ = std::fs::remove_file(staged);
-        result
-    }
-
-    async fn publish_inner(&self, h: &Hash, staged: &Path) -> Result<()> {
-        let location = Self::blob_path(h);
-        if let Some(root) = &self.local_root {
-            let dest = root.join(location.as_ref());
-            let parent = dest.parent().expect("blob paths have a parent");
-            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
-            return std::fs::rename(staged, &dest).map_err(io_at(&dest));
-        }
-        backend::upload(&self.blobs, &location, staged).await
     }
 
     /// The blob's content, opened for reading, with the file it was read
@@ -476,34 +388,5 @@ impl Store {
         })
         .await
         .expect("syncfs task panicked")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn unnamed_staging_files_become_blobs_and_leave_no_name_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-        let h = Hash::of(b"blob");
-        for _ in 0..2 {
-            let mut file = store.unnamed_staging_file().expect("the test file system has O_TMPFILE");
-            file.write_all(b"blob").unwrap();
-            // The second time the blob is there already: that is no error.
-            store.publish_unnamed(&h, &file).unwrap();
-        }
-        assert!(store.has_blob(&h).await.unwrap());
-        let blob = store.blob_file(&h).await.unwrap().path.clone();
-        assert_eq!(std::fs::read(&blob).unwrap(), b"blob");
-        assert_eq!(std::fs::read_dir(&store.staging).unwrap().count(), 0, "nothing left in staging");
-        // The same mode as a blob staged by name.
-        let (named, _) = store.staging_file().unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
-        assert_eq!(mode(&blob), mode(&named));
     }
 }
