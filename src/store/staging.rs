@@ -83,7 +83,10 @@ impl Store {
     /// I/O or backend errors; the staged file is removed either way.
     pub async fn publish_blob(&self, h: &Hash, staged: &Path) -> Result<()> {
         let result = self.publish_inner(h, staged).await;
-        let _ = std::fs::remove_file(staged);
+        // A local store renamed it away; a remote one was sent a copy.
+        if result.is_err() || self.local_root.is_none() {
+            let _ = std::fs::remove_file(staged);
+        }
         result
     }
 
