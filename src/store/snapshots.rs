@@ -216,9 +216,11 @@ impl Store {
         for prefix in prefixes {
             let mut candidates = Vec::new();
             for newest in self.list_latest(prefix).await? {
-                if let Some(s) = self.newest_trusted(&newest.key, trusted).await? {
-                    candidates.push(s);
-                }
+                let qualifying = match trusted.is_empty() {
+                    true => Some(newest),
+                    false => self.newest_trusted(&newest.key, trusted).await?,
+                };
+                candidates.extend(qualifying);
             }
             if let Some(best) = candidates.into_iter().max_by_key(|s| (s.created_unix_ms, s.generation)) {
                 return Ok(Some(best));
