@@ -44,8 +44,10 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Largest HTTP/2 frame each side accepts. The default, 16 KiB, made a
 /// restore of 165 MiB cost 10,500 `writev` calls on the mirror and twice as
-/// many reads on the client: one per frame.
-pub const MAX_FRAME: u32 = 1 << 20;
+/// many reads on the client: one per frame. Larger than the largest message
+/// (and the few small ones tonic sends in the same write), so that a
+/// message travels in one frame and a pull decodes it where it landed.
+pub const MAX_FRAME: u32 = 4 << 20;
 /// Largest manifest accepted (about two million entries).
 pub const MAX_MANIFEST: u64 = 256 << 20;
 

@@ -11,10 +11,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Code, Request, Status};
 
 mod manifests;
+mod raw;
 mod unpack;
 
 pub use manifests::Via;
@@ -196,7 +197,9 @@ fn counting_connector(
 /// A connection to a mirror.
 #[derive(Clone)]
 pub struct Client {
-    inner: CacheSyncClient<InterceptedService<Channel, Outgoing>>,
+    inner: CacheSyncClient<raw::Service>,
+    /// The same channel, for calls whose responses skip tonic's decoder.
+    raw: raw::Service,
     counters: Counters,
     url: String,
     loopback: Arc<AtomicBool>,
@@ -246,11 +249,12 @@ impl Client {
             .connect_with_connector(counting_connector(counters.clone(), loopback.clone()))
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), why: source_chain(&e) })?;
-        let inner = CacheSyncClient::with_interceptor(channel, Outgoing { authorization })
+        let raw = InterceptedService::new(channel.clone(), Outgoing { authorization });
+        let inner = CacheSyncClient::new(raw.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let mut client =
-            Client { inner, counters, url: url.to_string(), loopback, manifest_diffs: false, unpack_blobs: false };
+            Client { inner, raw, counters, url: url.to_string(), loopback, manifest_diffs: false, unpack_blobs: false };
         client.hello().await?;
         Ok(client)
     }
@@ -444,7 +448,8 @@ impl Client {
         assert!(hashes.len() <= MAX_HASHES, "callers batch hashes");
         let hashes = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
         let req = pb::GetBlobsRequest { hashes, compression_level: Some(level), batch: true };
-        let stream = self.inner.get_blobs(req).await.map_err(|s| self.refused(s))?.into_inner();
+        let path = "/cachesync.v1.CacheSync/GetBlobs";
+        let stream = raw::call(&self.raw, path, &req).await.map_err(|s| self.refused(s))?;
         frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
     }
 

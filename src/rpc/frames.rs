@@ -494,6 +494,19 @@ impl FrameReceiver {
     }
 }
 
+/// Where received frames come from: tonic's stream (a mirror receiving a
+/// push) or a response read straight off the wire (a client pulling).
+pub(crate) trait FrameSource: std::marker::Send {
+    /// The next frame, `None` after the last.
+    fn message(&mut self) -> impl Future<Output = Result<Option<pb::BlobFrame>, tonic::Status>> + std::marker::Send;
+}
+
+impl FrameSource for tonic::Streaming<pb::BlobFrame> {
+    fn message(&mut self) -> impl Future<Output = Result<Option<pb::BlobFrame>, tonic::Status>> + std::marker::Send {
+        tonic::Streaming::message(self)
+    }
+}
+
 /// Feeds a gRPC stream of frames to `receiver` on the blocking pool, calling
 /// `handle` (also on the blocking pool) for every completed blob.
 ///
@@ -501,7 +514,7 @@ impl FrameReceiver {
 ///
 /// The first failure: of the transport, the framing, or `handle`.
 pub(crate) async fn receive_blobs<H>(
-    mut stream: tonic::Streaming<pb::BlobFrame>,
+    mut stream: impl FrameSource,
     mut receiver: FrameReceiver,
     mut handle: H,
 ) -> Result<(), FrameError>

@@ -142,6 +142,7 @@ async fn pull_inner(
     let unknown = unknown_in_the_way(req.root.clone(), local.clone(), manifest.clone()).await;
     let popts = opts.plan_options(profile, client);
     let mut plan = plan_pull(&manifest, &local.manifest, popts, req.delete, &unknown)?;
+    debug!(fetch_bytes = plan.fetch_bytes, "pull: planned");
     // Stored while the pull works; it counts once the base record names it.
     let saving = (via != Via::Held).then(|| super::held::save(&opts.state_dir, &req.root, fetched.manifest.clone()));
     let writes = plan.fetch_bytes > 0 || !plan.local_copies.is_empty() || !plan.removals.is_empty();
@@ -174,7 +175,10 @@ async fn pull_inner(
         };
         let (symlinks, dirs) = (std::mem::take(&mut plan.symlinks), plan.dirs.clone());
         job.apply(client, opts, profile, plan, &mut report).await?;
-        job.finish(symlinks, dirs, cache, sync).await?
+        debug!("pull: fetched");
+        let cache = job.finish(symlinks, dirs, cache, sync).await?;
+        debug!("pull: tree finished");
+        cache
     };
     let cache_saved = tokio::task::spawn_blocking(move || save_cache(&cache, &cache_file));
     // After a restart this pull read every file again: finding nothing to
