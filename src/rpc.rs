@@ -10,6 +10,7 @@ pub mod client;
 mod counting;
 pub(crate) mod frames;
 pub mod server;
+mod wire;
 
 use tonic::{Code, Status};
 

@@ -71,7 +71,7 @@ pub(crate) type Send<'a> = dyn FnMut(pb::BlobFrame) -> Result<(), FrameError> + 
 /// Compresses a chunk with zstd when that pays. Large chunks are probed
 /// first: if a 16 KiB sample does not shrink (already compressed data, like
 /// Go's module zips), the chunk is sent as it is without spending the CPU.
-fn compress(data: Vec<u8>, level: i32) -> (Vec<u8>, bool) {
+pub(crate) fn compress(data: Vec<u8>, level: i32) -> (Vec<u8>, bool) {
     const SAMPLE: usize = 16 << 10;
     if level > 0 && data.len() > 4 * SAMPLE {
         let at = data.len() / 2 - SAMPLE / 2;
@@ -118,36 +118,6 @@ fn decompress(data: &[u8]) -> Result<Vec<u8>, FrameError> {
         }
         slot.as_mut().expect("set above").decompress(data, MAX_CHUNK).map_err(bad)
     })
-}
-
-/// Gathers frames into messages of at most about [`MAX_CHUNK`] bytes
-/// (`BlobFrame.following`), for a receiver that asked for batches: a
-/// message per small blob costs both sides more than the blob.
-#[derive(Default)]
-pub(crate) struct Batcher {
-    message: Option<pb::BlobFrame>,
-    len: usize,
-}
-
-impl Batcher {
-    /// Adds `frame`; returns the message it closed, if it did not fit in it.
-    pub(crate) fn add(&mut self, frame: pb::BlobFrame) -> Option<pb::BlobFrame> {
-        use prost::Message;
-        let len = frame.encoded_len() + 8; // and its tag and length inside the message
-        let full = if self.len + len > MAX_CHUNK { self.finish() } else { None };
-        self.len += len;
-        match &mut self.message {
-            Some(message) => message.following.push(frame),
-            None => self.message = Some(frame),
-        }
-        full
-    }
-
-    /// The message being filled, if any.
-    pub(crate) fn finish(&mut self) -> Option<pb::BlobFrame> {
-        self.len = 0;
-        self.message.take()
-    }
 }
 
 /// Sends `file` (read from `path`) as blob `hash` of `size` bytes.

@@ -4,6 +4,7 @@
 //! streams are received and sent on the blocking pool through [`frames`].
 //! Errors become statuses only through [`ServerError`].
 
+mod blobs;
 mod commit;
 mod gomod;
 mod incoming;
@@ -15,7 +16,6 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
 /// The service as tonic serves it: protocol check in front of the generated server.
-pub type GrpcService = tonic::service::interceptor::InterceptedService<CacheSyncServer<MirrorService>, Gate>;
+pub type GrpcService = tonic::service::interceptor::InterceptedService<blobs::Routes, Gate>;
 
 /// In front of every call: the protocol version, then who is calling. The
 /// caller's [`Identity`] travels to the service in the request's extensions.
@@ -145,9 +145,10 @@ impl MirrorService {
 
     /// The tonic service, behind the [`Gate`] (protocol check, tokens) and message bounds.
     pub fn into_server(self, auth: Auth) -> GrpcService {
+        let mirror = self.clone();
         let server =
             CacheSyncServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        tonic::service::interceptor::InterceptedService::new(server, Gate { auth })
+        tonic::service::interceptor::InterceptedService::new(blobs::Routes::new(server, mirror), Gate { auth })
     }
 }
 
@@ -282,45 +283,7 @@ impl CacheSync for MirrorService {
     type GetBlobsStream = Stream_<pb::BlobFrame>;
 
     async fn get_blobs(&self, req: Request<pb::GetBlobsRequest>) -> Result<Response<Self::GetBlobsStream>, Status> {
-        let req = req.into_inner();
-        let hashes = hashes_from(&req.hashes, "get blobs")?;
-        let (tx, rx) = mpsc::channel(8);
-        let store = self.store.clone();
-        let own = self.options.compression_level;
-        let level = req.compression_level.map_or(own, |asked| asked.clamp(0, own));
-        let metrics = self.metrics.clone();
-        let mut batcher = req.batch.then(frames::Batcher::default);
-        tokio::task::spawn_blocking(move || {
-            let rt = Handle::current();
-            let mut send = |f| {
-                let full = match &mut batcher {
-                    Some(b) => b.add(f),
-                    None => Some(f),
-                };
-                full.map_or(Ok(()), |message| tx.blocking_send(Ok(message)).map_err(|_| FrameError::Gone))
-            };
-            for h in hashes {
-                let result = rt.block_on(store.open_blob(&h)).map_err(ServerError::from).and_then(|(blob, file)| {
-                    let size = file.metadata().map_err(|e| ServerError::BadRequest(format!("blob {h}: {e}")))?.len();
-                    let how = (level, frames::Check::Trust);
-                    frames::send_file(file, &blob.path, (h, size), how, &mut send, &|_| {}).map_err(|e| match e {
-                        FrameError::Changed { .. } => ServerError::Corrupt(h),
-                        other => ServerError::Precondition(other.to_string()),
-                    })?;
-                    metrics.blob_sent(size);
-                    Ok(())
-                });
-                if let Err(e) = result {
-                    metrics.error();
-                    let _ = tx.blocking_send(Err(e.into()));
-                    return;
-                }
-            }
-            if let Some(message) = batcher.as_mut().and_then(frames::Batcher::finish) {
-                let _ = tx.blocking_send(Ok(message));
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(blobs::decoded(self, req.into_inner())?))
     }
 
     type GetSignatureStream = Stream_<pb::Chunk>;

@@ -321,6 +321,39 @@ async fn small_blobs_share_messages_only_when_the_client_asks() {
     }
 }
 
+/// GetBlobs is answered outside the generated server (its messages are
+/// written by hand): its refusals are the same clear statuses, behind the
+/// same protocol check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_blobs_refusals_are_clear_statuses() {
+    let t = tempfile::tempdir().unwrap();
+    let mirror = spawn_mirror(&t.path().join("store")).await;
+    let mut client = raw(&mirror.url, Some("1")).await;
+    let ask = |hashes: Vec<Vec<u8>>| pb::GetBlobsRequest { hashes, compression_level: Some(0), batch: true };
+    let mut stream = client.get_blobs(ask(vec![vec![7; 32]])).await.unwrap().into_inner();
+    let err = stream.message().await.unwrap_err();
+    assert!(err.code() == Code::NotFound && err.message().contains(&"07".repeat(32)), "{err:?}");
+    let err = client.get_blobs(ask(vec![vec![0; 32]; 10_000])).await.unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().contains("8192"), "{err:?}");
+    let err = client.get_blobs(ask(vec![vec![0; 5]])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = raw(&mirror.url, Some("99")).await.get_blobs(ask(vec![])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Bodies no gRPC client sends: a compressed flag, a length that lies, garbage.
+    let channel = tonic::transport::Endpoint::from_shared(mirror.url.clone()).unwrap().connect().await.unwrap();
+    for body in [&b"\x01\0\0\0\0"[..], b"\0\0\0\0\x09ab", b"\0\0\0\0\x03\xff\xff\xff"] {
+        use tower::ServiceExt;
+        let req = tonic::codegen::http::Request::post("/cachesync.v1.CacheSync/GetBlobs")
+            .header("content-type", "application/grpc")
+            .header("cachesync-protocol", "1")
+            .body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from_static(body))))
+            .unwrap();
+        let response = channel.clone().oneshot(req).await.unwrap();
+        let status = Status::from_header_map(response.headers()).expect("a status at once");
+        assert_eq!(status.code(), Code::InvalidArgument, "{body:?}: {status:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_mismatch_unknown_blobs_and_oversized_requests_get_clear_statuses() {
     let t = tempfile::tempdir().unwrap();
