@@ -64,7 +64,9 @@ impl Messages {
     ///
     /// # Errors
     ///
-    /// [`FrameError::Changed`] if the file is shorter than `size`; I/O; the sink's.
+    /// [`FrameError::Changed`] if the file is shorter than `size`; I/O; the
+    /// sink's. After an error the message being filled is incomplete: the
+    /// stream ends there.
     pub(crate) fn add_file(
         &mut self,
         mut file: File,
@@ -90,6 +92,9 @@ impl Messages {
                 read(&mut file, path, want, &mut self.buf)?;
             }
             sent += want as u64;
+            if !self.batch {
+                self.finish(sink)?; // a message per frame, sent as soon as it is whole
+            }
             if last {
                 return Ok(());
             }
@@ -108,6 +113,10 @@ impl Messages {
         let len = u32::try_from(self.buf.len() - PREFIX).expect("messages stay small");
         self.buf[1..PREFIX].copy_from_slice(&len.to_be_bytes());
         (self.frames, self.len) = (0, 0);
+        if self.buf.capacity() > 2 * self.buf.len() {
+            // Room for a batch that did not come: a message holds its allocation until sent.
+            self.buf.shrink_to_fit();
+        }
         sink(Bytes::from(std::mem::take(&mut self.buf)))
     }
 
@@ -120,7 +129,8 @@ impl Messages {
         }
         self.len += len + 8;
         if self.frames == 0 {
-            self.buf.reserve_exact(PREFIX + MAX_CHUNK.max(len) + OVERHEAD);
+            let room = if self.batch { MAX_CHUNK.max(len) } else { len };
+            self.buf.reserve_exact(PREFIX + room + OVERHEAD);
             self.buf.extend_from_slice(&[0; PREFIX]);
         } else {
             // A frame after the first is a `following` entry (field 7).

@@ -57,9 +57,23 @@ pub(super) async fn call<M: Message>(svc: &Service, path: &'static str, request:
         };
     }
     if response.status() != http::StatusCode::OK {
-        return Err(Status::unknown(format!("the mirror answered HTTP {}", response.status())));
+        return Err(http_status(response.status()));
     }
     Ok(Messages { body: Some(tonic::body::Body::new(response.into_body())), rope: Rope::default(), pending: None })
+}
+
+/// An answer that is not gRPC (a proxy's, say), as tonic maps it.
+fn http_status(status: http::StatusCode) -> Status {
+    use http::StatusCode as S;
+    let code = match status {
+        S::BAD_REQUEST => Code::Internal,
+        S::UNAUTHORIZED => Code::Unauthenticated,
+        S::FORBIDDEN => Code::PermissionDenied,
+        S::NOT_FOUND => Code::Unimplemented,
+        S::TOO_MANY_REQUESTS | S::BAD_GATEWAY | S::SERVICE_UNAVAILABLE | S::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(code, format!("the mirror answered HTTP {status}"))
 }
 
 /// The messages of a response, decoded as they complete.
@@ -84,8 +98,8 @@ impl Messages {
                 return M::decode(message).map(Some).map_err(|e| Status::internal(format!("undecodable message: {e}")));
             }
             let Some(body) = &mut self.body else {
-                return match self.rope.len {
-                    0 => Ok(None),
+                return match (self.rope.len, self.pending) {
+                    (0, None) => Ok(None),
                     _ => Err(Status::internal("the stream ended inside a message")),
                 };
             };
@@ -247,9 +261,13 @@ mod tests {
         assert!(err.message().contains("without a status"), "{err:?}");
         let err = all(messages(whole(), Some(trailers(5, "blob gone")))).await.unwrap_err();
         assert_eq!((err.code(), err.message()), (Code::NotFound, "blob gone"));
-        let cut = vec![Bytes::from(wire[..wire.len() - 3].to_vec())];
-        let err = all(messages(cut, Some(trailers(0, "")))).await.unwrap_err();
-        assert!(err.message().contains("inside a message"), "{err:?}");
+        // Cut inside the last message, and right after its prefix.
+        let last = PREFIX + two()[1].encoded_len();
+        for cut in [wire.len() - 3, wire.len() - last + PREFIX] {
+            let cut = vec![Bytes::from(wire[..cut].to_vec())];
+            let err = all(messages(cut, Some(trailers(0, "")))).await.unwrap_err();
+            assert!(err.message().contains("inside a message"), "{err:?}");
+        }
         let mut compressed = wire.clone();
         compressed[0] = 1;
         let err = all(messages(vec![compressed.into()], Some(trailers(0, "")))).await.unwrap_err();

@@ -22,8 +22,10 @@ use tonic::server::NamedService;
 
 use super::{CacheSyncServer, MirrorService, Stream_};
 use crate::hash::Hash;
+use crate::metrics::Metrics;
 use crate::rpc::frames::FrameError;
 use crate::rpc::{MAX_MESSAGE, ServerError, hashes_from, pb, wire};
+use crate::store::Store;
 
 /// The path of the call.
 const GET_BLOBS: &str = "/cachesync.v1.CacheSync/GetBlobs";
@@ -119,31 +121,49 @@ fn messages(mirror: &MirrorService, req: pb::GetBlobsRequest) -> Result<mpsc::Re
     let (tx, rx) = mpsc::channel(8);
     let (store, metrics) = (mirror.store.clone(), mirror.metrics.clone());
     let own = mirror.options.compression_level;
-    let level = req.compression_level.map_or(own, |asked| asked.clamp(0, own));
+    let messages = wire::Messages::new(req.batch, req.compression_level.map_or(own, |asked| asked.clamp(0, own)));
     tokio::task::spawn_blocking(move || {
-        let rt = Handle::current();
-        let mut messages = wire::Messages::new(req.batch, level);
-        let mut sink = |m: Bytes| tx.blocking_send(Ok(m)).map_err(|_| FrameError::Gone);
-        let send = |h: Hash, sink: &mut wire::Sink<'_>, messages: &mut wire::Messages| {
-            let (blob, file) = rt.block_on(store.open_blob(&h))?;
-            let size = file.metadata().map_err(|e| ServerError::BadRequest(format!("blob {h}: {e}")))?.len();
-            messages.add_file(file, &blob.path, (h, size), sink).map_err(|e| match e {
-                FrameError::Changed { .. } => ServerError::Corrupt(h),
-                other => ServerError::Precondition(other.to_string()),
-            })?;
-            metrics.blob_sent(size);
-            Ok::<(), ServerError>(())
-        };
-        for h in hashes {
-            if let Err(e) = send(h, &mut sink, &mut messages) {
-                metrics.error();
-                let _ = tx.blocking_send(Err(e.into()));
-                return;
-            }
+        let failed = tx.clone();
+        let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            produce(&store, &metrics, hashes, messages, &tx);
+        }));
+        // A bug must not end the stream as if every blob had been sent.
+        if sent.is_err() {
+            let _ = failed.blocking_send(Err(Status::internal("the mirror failed while sending blobs")));
         }
-        let _ = messages.finish(&mut sink);
     });
     Ok(rx)
+}
+
+/// Sends `hashes` to `tx` as `messages`, on the blocking pool; the first
+/// error ends them.
+fn produce(
+    store: &Store,
+    metrics: &Metrics,
+    hashes: Vec<Hash>,
+    mut messages: wire::Messages,
+    tx: &mpsc::Sender<Result<Bytes, Status>>,
+) {
+    let rt = Handle::current();
+    let mut sink = |m: Bytes| tx.blocking_send(Ok(m)).map_err(|_| FrameError::Gone);
+    let mut send = |h: Hash, messages: &mut wire::Messages| {
+        let (blob, file) = rt.block_on(store.open_blob(&h))?;
+        let size = file.metadata().map_err(|e| ServerError::BadRequest(format!("blob {h}: {e}")))?.len();
+        messages.add_file(file, &blob.path, (h, size), &mut sink).map_err(|e| match e {
+            FrameError::Changed { .. } => ServerError::Corrupt(h),
+            other => ServerError::Precondition(other.to_string()),
+        })?;
+        metrics.blob_sent(size);
+        Ok::<(), ServerError>(())
+    };
+    for h in hashes {
+        if let Err(e) = send(h, &mut messages) {
+            metrics.error();
+            let _ = tx.blocking_send(Err(e.into()));
+            return;
+        }
+    }
+    let _ = messages.finish(&mut sink);
 }
 
 /// GetBlobs through tonic, for a server built around a [`MirrorService`]
