@@ -448,8 +448,7 @@ impl Client {
         assert!(hashes.len() <= MAX_HASHES, "callers batch hashes");
         let hashes = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
         let req = pb::GetBlobsRequest { hashes, compression_level: Some(level), batch: true };
-        let path = "/cachesync.v1.CacheSync/GetBlobs";
-        let stream = raw::call(&self.raw, path, &req).await.map_err(|s| self.refused(s))?;
+        let stream = raw::call(&self.raw, super::wire::GET_BLOBS, &req).await.map_err(|s| self.refused(s))?;
         frames::receive_blobs(stream, receiver, handle).await.map_err(Into::into)
     }
 

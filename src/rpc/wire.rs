@@ -19,8 +19,10 @@ use super::MAX_CHUNK;
 use super::frames::{self, FrameError, io_err};
 use crate::hash::Hash;
 
-/// The gRPC prefix: a compression flag and the message's length.
-const PREFIX: usize = 5;
+/// The path of GetBlobs, the call whose messages are written here.
+pub(crate) const GET_BLOBS: &str = "/cachesync.v1.CacheSync/GetBlobs";
+/// The gRPC prefix of every message: a compression flag and the length.
+pub(crate) const PREFIX: usize = 5;
 /// Room for a frame's fields besides its data, and its tag and length in a batch.
 const OVERHEAD: usize = 64;
 
@@ -110,8 +112,7 @@ impl Messages {
         if self.frames == 0 {
             return Ok(());
         }
-        let len = u32::try_from(self.buf.len() - PREFIX).expect("messages stay small");
-        self.buf[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        set_prefix(&mut self.buf);
         (self.frames, self.len) = (0, 0);
         if self.buf.capacity() > 2 * self.buf.len() {
             // Room for a batch that did not come: a message holds its allocation until sent.
@@ -158,6 +159,24 @@ impl Messages {
         }
         Ok(())
     }
+}
+
+/// Writes the gRPC prefix of an uncompressed `message` into its first
+/// [`PREFIX`] bytes, which the caller left for it.
+///
+/// # Panics
+///
+/// If the message is 4 GiB or more (callers bound theirs far below).
+pub(crate) fn set_prefix(message: &mut [u8]) {
+    let len = u32::try_from(message.len() - PREFIX).expect("messages stay small");
+    message[0] = 0;
+    message[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The length a gRPC prefix announces; `None` for a compressed message.
+pub(crate) fn prefix_len(prefix: [u8; PREFIX]) -> Option<usize> {
+    let [flag, len @ ..] = prefix;
+    (flag == 0).then(|| u32::from_be_bytes(len) as usize)
 }
 
 /// Appends exactly `n` bytes of `file` to `buf`, read into its spare room.

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
 use tonic::codegen::http;
@@ -24,13 +24,11 @@ use tower::ServiceExt;
 
 use super::Outgoing;
 use crate::rpc::frames::FrameSource;
+use crate::rpc::wire::{PREFIX, prefix_len, set_prefix};
 use crate::rpc::{MAX_MESSAGE, pb};
 
 /// The service every call goes through.
 pub(super) type Service = InterceptedService<Channel, Outgoing>;
-
-/// Bytes before each gRPC message: a compression flag and a length.
-const PREFIX: usize = 5;
 
 /// Starts the server-streaming call `path` with `request`.
 ///
@@ -41,8 +39,7 @@ pub(super) async fn call<M: Message>(svc: &Service, path: &'static str, request:
     let mut body = BytesMut::with_capacity(PREFIX + request.encoded_len());
     body.extend_from_slice(&[0; PREFIX]);
     request.encode(&mut body).map_err(|e| Status::internal(e.to_string()))?;
-    let len = u32::try_from(body.len() - PREFIX).map_err(|_| Status::internal("request too large"))?;
-    body[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+    set_prefix(&mut body);
     let request = http::Request::post(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
@@ -124,11 +121,9 @@ impl Messages {
     /// The next whole message's bytes, if they have arrived.
     fn take(&mut self) -> Result<Option<Bytes>, Status> {
         if self.pending.is_none() && self.rope.len >= PREFIX {
-            let mut prefix = self.rope.take(PREFIX);
-            if prefix.get_u8() != 0 {
-                return Err(Status::internal("a compressed message, which was not asked for"));
-            }
-            let len = prefix.get_u32() as usize;
+            let prefix = self.rope.take(PREFIX)[..].try_into().expect("PREFIX bytes");
+            let len =
+                prefix_len(prefix).ok_or_else(|| Status::internal("a compressed message, which was not asked for"))?;
             if len > MAX_MESSAGE {
                 return Err(Status::out_of_range(format!("a message of {len} bytes, over the limit of {MAX_MESSAGE}")));
             }

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
@@ -24,13 +24,9 @@ use super::{CacheSyncServer, MirrorService, Stream_};
 use crate::hash::Hash;
 use crate::metrics::Metrics;
 use crate::rpc::frames::FrameError;
-use crate::rpc::{MAX_MESSAGE, ServerError, hashes_from, pb, wire};
+use crate::rpc::wire::{self, GET_BLOBS, PREFIX, prefix_len};
+use crate::rpc::{MAX_MESSAGE, ServerError, hashes_from, pb};
 use crate::store::Store;
-
-/// The path of the call.
-const GET_BLOBS: &str = "/cachesync.v1.CacheSync/GetBlobs";
-/// The gRPC prefix of every message: a compression flag and a length.
-const PREFIX: usize = 5;
 
 /// The generated server, with GetBlobs answered here.
 #[derive(Clone)]
@@ -79,8 +75,8 @@ async fn serve(mirror: MirrorService, req: http::Request<Body>) -> Result<http::
         .await
         .map_err(|e| Status::invalid_argument(format!("get blobs: the request could not be read: {e}")))?
         .to_bytes();
-    let mut prefix = body.slice(..PREFIX.min(body.len()));
-    if prefix.len() < PREFIX || prefix.get_u8() != 0 || prefix.get_u32() as usize != body.len() - PREFIX {
+    let announced = body.get(..PREFIX).and_then(|p| prefix_len(p.try_into().expect("PREFIX bytes")));
+    if announced != Some(body.len().saturating_sub(PREFIX)) {
         return Err(Status::invalid_argument("get blobs: a malformed or compressed request"));
     }
     let req = pb::GetBlobsRequest::decode(body.slice(PREFIX..))
