@@ -49,7 +49,12 @@ impl MirrorService {
             .into());
         }
         if header.profile.parse::<crate::profile::Profile>().is_ok_and(|p| p.is_go_mod()) {
-            gomod::check(&self.store, &manifest, &self.zip_hashes).await?;
+            // The disk takes the blobs while the CPU verifies them: the
+            // commit's own sync then finds little left to write.
+            let (checked, synced) =
+                tokio::join!(gomod::check(&self.store, &manifest, &self.zip_hashes), self.store.sync());
+            checked?;
+            synced.map_err(ServerError::from)?;
         }
         self.store.put_manifest(&id, Bytes::from(bytes)).await.map_err(ServerError::from)?;
         let committed = self
