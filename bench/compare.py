@@ -40,6 +40,11 @@ the last timed run ends, only the ~100 files of 3.'s module version and the
 four copies of the big file (ext4 slows inode allocation for minutes after
 many inodes are freed). Figures are medians over --runs;
 the tool order within each step alternates between runs.
+
+The floor: in every timed run, bench/land.rs lands the tree of 1. into an
+empty directory from memory with 2 and then 4 writer threads, nothing else
+done (no network, no hashing, no modes or times), then runs one syncfs; the
+report sets the faster medians against scenario 1's targets.
 """
 
 import argparse
@@ -62,6 +67,7 @@ from core import BIN, ROOT, Mirror, sh  # noqa: E402
 from restore import make_modcache, meta, rm, timed  # noqa: E402
 
 MiB = 1 << 20
+LAND = ROOT / "target" / "release" / "examples" / "land"
 TREE_SCALE = 1.75  # restore.py's generator: ~11,300 files and 191 MiB at 1.0
 NEW_MOD, NEW_VER = "github.com/google/go-cmp", "v0.7.0"
 PROFILE = "go-mod-trees"  # the whole tree, as rsync and tar move it (go-mod syncs cache/download only)
@@ -79,6 +85,7 @@ class Ctx:
         self.rsyncd = RsyncDaemon(base, work)
         self.rs_proxy = ByteProxy(self.rsyncd.port)
         self.samples, self.counted, self.outside = {}, {}, {}
+        self.floor = {}  # writer threads -> [(write s, syncfs s, CPU s)], from bench/land.rs
 
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.base))
@@ -229,6 +236,8 @@ def initial_and_noop(p: Pass):
                        ("tar", lambda: p.local(tar, ctx.archive.stat().st_size))])
     for name in ("up", "cs-dl", "rs-dl", "tar-dl"):
         same_tree(ctx.meta, d / name, name)
+    if not p.counting:
+        floor(p)
     if p.counting:  # contents too, once
         for name in ("up", "cs-dl", "rs-dl", "tar-dl"):
             sh("diff", "-r", "-q", str(tree), str(d / name))
@@ -236,6 +245,17 @@ def initial_and_noop(p: Pass):
                        ("rsync", lambda: p.rs([], tree, ("srv", d / "up")))])
     p.steps("2-pull", [("cachesync", lambda: p.cs("pull", "gomod", d / "cs-dl")),
                        ("rsync", lambda: p.rs([], ("srv", tree), d / "rs-dl"))])
+
+
+def floor(p: Pass):
+    """The tree landed from memory with nothing else done (bench/land.rs), with
+    2 and 4 writer threads, then one syncfs: the floor under scenario 1."""
+    for threads in (2, 4):
+        sh("sync")
+        out = subprocess.run([str(LAND), str(p.ctx.tree), str(p.dir / f"floor-{threads}"), str(threads)],
+                             capture_output=True, text=True, check=True).stdout
+        got = json.loads(out)
+        p.ctx.floor.setdefault(threads, []).append((got["write_s"], got["sync_s"], got["cpu_s"]))
 
 
 def new_version(p: Pass):
@@ -316,9 +336,9 @@ def run_pass(ctx: Ctx, name: str, index: int, counting: bool):
 
 
 def check_space(ctx: Ctx):
-    """Each run keeps four copies of the tree and a mirror store until the end."""
+    """Each run keeps six copies of the tree and a mirror store until the end."""
     size = sum(v[2] for v in ctx.meta.values())
-    need = ctx.args.runs * (6 * size + 2 * ctx.big_mib * MiB)
+    need = ctx.args.runs * (8 * size + 2 * ctx.big_mib * MiB)
     free = shutil.disk_usage(ctx.work).free
     if free < need:
         sys.exit(f"{ctx.work}: {free / 1e9:.1f} GB free, the runs need about {need / 1e9:.1f} GB "
@@ -336,7 +356,9 @@ def main():
     restore.ensure_tools()  # GNU time, GNU tar, zstd
     ensure_rsync()
     if not args.no_build:
-        sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
+        sh("cargo", "build", "--release", "--quiet", "--bin", "cachesync", "--example", "land", cwd=ROOT)
+    if not LAND.exists():
+        sys.exit(f"{LAND} is missing: run without --no-build, or `cargo build --release --example land`")
     base = Path(args.dir).resolve()
     base.mkdir(parents=True, exist_ok=True)
     work = base / f"compare-{os.getpid()}"

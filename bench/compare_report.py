@@ -101,6 +101,26 @@ def print_report(ctx, files: int, size: int, started: str, load: tuple):
               f"outside address ({ctx.outside['ip']}, not loopback to cachesync), 1. moves "
               f"{human(ctx.outside['push'])} (push) and {human(ctx.outside['pull'])} (pull).")
     print(f"cachesync's own byte counts (--json bytes_sent + bytes_received) against the socket's: {own}.")
+    if ctx.floor:
+        print(floor_report(ctx, files))
+
+
+def floor_report(ctx, files: int) -> str:
+    """Scenario 1's targets against the floor bench/land.rs measured in the same runs."""
+    def medians(threads):
+        runs = ctx.floor[threads]
+        return (threads, statistics.median(w for w, _, _ in runs), statistics.median(w + s for w, s, _ in runs),
+                statistics.median(c for _, _, c in runs))
+    rows = [medians(t) for t in sorted(ctx.floor)]
+    t_land, land, _, cpu = min(rows, key=lambda r: r[1])
+    t_durable, _, durable, _ = min(rows, key=lambda r: r[2])
+    push = 0.5 * med(ctx.samples[("1-push", "rsync")], "wall")
+    pull = 0.5 * med(ctx.samples[("1-pull", "rsync")], "wall")
+    return (f"Floor (bench/land.rs, same runs, medians): landing the tree's {files} files from memory into an empty "
+            f"directory with nothing else done took {land:.2f} s ({t_land} writer threads, CPU {cpu:.2f} s), and "
+            f"{durable:.2f} s with the syncfs a mirror runs before it commits a snapshot ({t_durable} threads). "
+            f"Scenario 1's wall targets: push {push:.2f} s (the durable landing alone is {durable / push:.2f} × it), "
+            f"pull {pull:.2f} s (the landing alone is {land / pull:.2f} × it).")
 
 
 def rsync_version() -> str:
