@@ -43,8 +43,11 @@ the tool order within each step alternates between runs.
 
 The floor: in every timed run, bench/land.rs lands the tree of 1. into an
 empty directory from memory with 2 and then 4 writer threads, nothing else
-done (no network, no hashing, no modes or times), then runs one syncfs; the
-report sets the faster medians against scenario 1's targets.
+done (no network, no hashing, no modes or times), then runs one syncfs; then
+the same with each distinct content once, named by its blake3 as a mirror's
+store keeps blobs. The report sets the faster medians against scenario 1's
+targets: all files against the pull's, distinct contents made durable
+against the push's.
 """
 
 import argparse
@@ -85,7 +88,7 @@ class Ctx:
         self.rsyncd = RsyncDaemon(base, work)
         self.rs_proxy = ByteProxy(self.rsyncd.port)
         self.samples, self.counted, self.outside = {}, {}, {}
-        self.floor = {}  # writer threads -> [(write s, syncfs s, CPU s)], from bench/land.rs
+        self.floor = {}  # (mode, writer threads) -> [(write s, syncfs s, CPU s)], from bench/land.rs
 
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.base))
@@ -236,11 +239,11 @@ def initial_and_noop(p: Pass):
                        ("tar", lambda: p.local(tar, ctx.archive.stat().st_size))])
     for name in ("up", "cs-dl", "rs-dl", "tar-dl"):
         same_tree(ctx.meta, d / name, name)
-    if not p.counting:
-        floor(p)
     if p.counting:  # contents too, once
         for name in ("up", "cs-dl", "rs-dl", "tar-dl"):
             sh("diff", "-r", "-q", str(tree), str(d / name))
+    else:
+        floor(p)
     p.steps("2-push", [("cachesync", lambda: p.cs("push", "gomod", tree)),
                        ("rsync", lambda: p.rs([], tree, ("srv", d / "up")))])
     p.steps("2-pull", [("cachesync", lambda: p.cs("pull", "gomod", d / "cs-dl")),
@@ -248,14 +251,19 @@ def initial_and_noop(p: Pass):
 
 
 def floor(p: Pass):
-    """The tree landed from memory with nothing else done (bench/land.rs), with
-    2 and 4 writer threads, then one syncfs: the floor under scenario 1."""
-    for threads in (2, 4):
-        sh("sync")
-        out = subprocess.run([str(LAND), str(p.ctx.tree), str(p.dir / f"floor-{threads}"), str(threads)],
-                             capture_output=True, text=True, check=True).stdout
-        got = json.loads(out)
-        p.ctx.floor.setdefault(threads, []).append((got["write_s"], got["sync_s"], got["cpu_s"]))
+    """The floor under scenario 1 (bench/land.rs): with nothing else done, the
+    tree's files landed from memory (what a pull writes), and each distinct
+    content landed once as a store keeps blobs (what a push into an empty
+    mirror writes), each with 2 and 4 writer threads, then one syncfs."""
+    for mode in ("all", "distinct"):
+        for threads in (2, 4):
+            sh("sync")
+            dest = p.dir / f"floor-{mode}-{threads}"
+            extra = ["--distinct"] if mode == "distinct" else []
+            out = subprocess.run([str(LAND), str(p.ctx.tree), str(dest), str(threads), *extra],
+                                 capture_output=True, text=True, check=True).stdout
+            got = json.loads(out)
+            p.ctx.floor.setdefault((mode, threads), []).append((got["write_s"], got["sync_s"], got["cpu_s"]))
 
 
 def new_version(p: Pass):
@@ -336,9 +344,9 @@ def run_pass(ctx: Ctx, name: str, index: int, counting: bool):
 
 
 def check_space(ctx: Ctx):
-    """Each run keeps six copies of the tree and a mirror store until the end."""
+    """Each run keeps eight copies of the tree and a mirror store until the end."""
     size = sum(v[2] for v in ctx.meta.values())
-    need = ctx.args.runs * (8 * size + 2 * ctx.big_mib * MiB)
+    need = ctx.args.runs * (10 * size + 2 * ctx.big_mib * MiB)
     free = shutil.disk_usage(ctx.work).free
     if free < need:
         sys.exit(f"{ctx.work}: {free / 1e9:.1f} GB free, the runs need about {need / 1e9:.1f} GB "

@@ -5,7 +5,11 @@
 //! network, no hashing, no modes or times, no fsync); then one `syncfs`
 //! makes them durable, as a mirror must before it commits a snapshot.
 //!
-//! `cargo run --release --example land -- SOURCE EMPTY_DEST THREADS`
+//! With `--distinct`, each distinct content is landed once, at
+//! `<2 hex>/<64 hex>` of its blake3 as a mirror's store keeps blobs: what
+//! a push into an empty mirror must write.
+//!
+//! `cargo run --release --example land -- SOURCE EMPTY_DEST THREADS [--distinct]`
 //!
 //! Prints one JSON line: files, bytes, write_s (wall), cpu_s (user + sys of
 //! the write), sync_s (wall of the `syncfs`).
@@ -80,11 +84,33 @@ fn syncfs(dest: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The tree as a content-addressed store holds it: each distinct content
+/// once, named by its blake3 under a directory of its first two hex digits.
+fn distinct(tree: Tree) -> Tree {
+    let mut files = std::collections::HashMap::new();
+    for (_, data) in tree.files {
+        let hex = blake3::hash(&data).to_hex().to_string();
+        files.entry(hex).or_insert(data);
+    }
+    let dirs: std::collections::BTreeSet<PathBuf> = files.keys().map(|hex| PathBuf::from(&hex[..2])).collect();
+    Tree {
+        dirs: dirs.into_iter().collect(),
+        files: files.into_iter().map(|(hex, data)| (PathBuf::from(&hex[..2]).join(&hex), data)).collect(),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let threads = args.get(3).and_then(|t| t.parse::<usize>().ok()).filter(|&t| t > 0);
-    let (Some(source), Some(dest), Some(threads)) = (args.get(1), args.get(2), threads) else {
-        eprintln!("usage: land SOURCE EMPTY_DEST THREADS (THREADS at least 1)");
+    let mode = match args.get(4).map(String::as_str) {
+        None => Some(false),
+        Some("--distinct") => Some(true),
+        Some(_) => None,
+    };
+    let (Some(source), Some(dest), Some(threads), Some(by_content), None) =
+        (args.get(1), args.get(2), threads, mode, args.get(5))
+    else {
+        eprintln!("usage: land SOURCE EMPTY_DEST THREADS [--distinct] (THREADS at least 1)");
         return ExitCode::from(2);
     };
     let (source, dest) = (Path::new(source), Path::new(dest));
@@ -92,6 +118,9 @@ fn main() -> ExitCode {
     if let Err(e) = read(source, Path::new(""), &mut tree) {
         eprintln!("land: reading {}: {e}", source.display());
         return ExitCode::FAILURE;
+    }
+    if by_content {
+        tree = distinct(tree);
     }
     let (cpu, started) = (cpu_seconds(), Instant::now());
     if let Err(e) = land(&tree, dest, threads) {
