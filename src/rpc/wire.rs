@@ -14,6 +14,7 @@ use std::io::Read;
 use std::path::Path;
 
 use bytes::Bytes;
+use prost::encoding::{encode_varint, encoded_len_varint};
 
 use super::MAX_CHUNK;
 use super::frames::{self, FrameError, io_err};
@@ -50,8 +51,8 @@ struct Head {
 
 impl Head {
     fn len(&self, data: usize) -> usize {
-        let first = self.first.map_or(0, |(_, size)| 2 + 32 + if size > 0 { 1 + varint_len(size) } else { 0 });
-        let data = if data > 0 { 1 + varint_len(data as u64) + data } else { 0 };
+        let first = self.first.map_or(0, |(_, size)| 2 + 32 + if size > 0 { 1 + encoded_len_varint(size) } else { 0 });
+        let data = if data > 0 { 1 + encoded_len_varint(data as u64) + data } else { 0 };
         first + data + 2 * usize::from(self.zstd) + 2 * usize::from(self.last)
     }
 }
@@ -136,7 +137,7 @@ impl Messages {
         } else {
             // A frame after the first is a `following` entry (field 7).
             self.buf.push(7 << 3 | 2);
-            put_varint(&mut self.buf, len as u64);
+            encode_varint(len as u64, &mut self.buf);
         }
         self.frames += 1;
         if let Some((hash, size)) = head.first {
@@ -145,7 +146,7 @@ impl Messages {
             self.buf.extend_from_slice(hash.as_bytes());
             if size > 0 {
                 self.buf.push(2 << 3);
-                put_varint(&mut self.buf, size);
+                encode_varint(size, &mut self.buf);
             }
         }
         for (field, set) in [(5, head.zstd), (6, head.last)] {
@@ -155,7 +156,7 @@ impl Messages {
         }
         if data > 0 {
             self.buf.push(4 << 3 | 2);
-            put_varint(&mut self.buf, data as u64);
+            encode_varint(data as u64, &mut self.buf);
         }
         Ok(())
     }
@@ -187,18 +188,6 @@ fn read(file: &mut File, path: &Path, n: usize, buf: &mut Vec<u8>) -> Result<(),
         return Err(FrameError::Changed { path: path.to_path_buf() });
     }
     Ok(())
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
 }
 
 #[cfg(test)]
@@ -283,8 +272,7 @@ mod tests {
         messages.finish(&mut sink).unwrap();
         wire.into_iter()
             .map(|m| {
-                let len = u32::from_be_bytes(m[1..5].try_into().unwrap()) as usize;
-                assert_eq!((m[0], len), (0, m.len() - PREFIX), "the prefix");
+                assert_eq!(prefix_len(m[..PREFIX].try_into().unwrap()), Some(m.len() - PREFIX), "the prefix");
                 pb::BlobFrame::decode(m.slice(PREFIX..)).unwrap()
             })
             .collect()
@@ -324,14 +312,5 @@ mod tests {
             .add_file(File::open(&path).unwrap(), &path, (Hash::of(b"short"), 10), &mut |_| Ok(()))
             .unwrap_err();
         assert!(matches!(err, FrameError::Changed { .. }), "{err}");
-    }
-
-    #[test]
-    fn varints_are_as_long_as_prost_makes_them() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
-            let mut buf = Vec::new();
-            put_varint(&mut buf, v);
-            assert_eq!((buf.len(), varint_len(v)), (prost::encoding::encoded_len_varint(v), buf.len()), "{v}");
-        }
     }
 }
